@@ -22,6 +22,7 @@ py_versions = '3.9 3.10 3.11 3.12'.split()
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
+min_python = cfg['min_python']
 
 package_data = {cfg['lib_name']: ['schemas/*/*.json', 'sample_data/*.jsonl', 'sample_data/*/*.jsonl', 'sample_data/*.md']}
 
