@@ -34,7 +34,7 @@ demo: install
 ## In-sync check, notebook tests, integration tests. Prints a pytest summary; non-zero on failure.
 test: install
 	$(BIN)/python .ci/check_sync.py
-	$(BIN)/python -m pytest tests -p no:cacheprovider -q -rfE $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -p no:cacheprovider -q -rfE -n 2 $(PYTEST_ARGS)
 
 ## Notebook tests only, the nbdev way (add FLAGS="slow" for slow cells).
 nbtest: install
