@@ -76,7 +76,7 @@ def retry_after(value:str|None, now:float|None=None) -> float|None:
     except (TypeError, ValueError, IndexError): return None
     return max(0.0, when - (time.time() if now is None else now))
 
-# %% ../../nbs/10_ingest.wiki.ipynb #fbc642b5
+# %% ../../nbs/10_ingest.wiki.ipynb #1edae989
 class WikiClient:
     "MediaWiki Action API client: throttled to `rate` requests/s; retries 429/5xx/maxlag after `Retry-After` or a jittered exponential backoff."
     def __init__(self, api_url:str=DEFAULT_API, # the wiki's `api.php`
@@ -137,10 +137,11 @@ class WikiClient:
             wait = min(self.max_wait, hint) if hint is not None else self._backoff(attempt)
             self.log.warning(f"{self.api_url}: {why}; retry {attempt + 1}/{self.max_retries} in {wait:.1f}s")
             self.retries += 1; self.waits.append(wait); self.sleep(wait)
-        raise SphanaError(f"{self.api_url}: still failing after {self.max_retries + 1} attempts (last: {why}); "
+        n = self.max_retries + 1
+        raise SphanaError(f"{self.api_url}: still failing after {n} attempt{'s' * (n > 1)} (last: {why}); "
                           "try again later, lower --rate, or check --api-url")
 
-# %% ../../nbs/10_ingest.wiki.ipynb #0a7d992d
+# %% ../../nbs/10_ingest.wiki.ipynb #0ab3dd5d
 class FakeWikiAPI:
     "A MediaWiki Action API look-alike for `prop=extracts` on 127.0.0.1 (for tests): normalization, redirects, missing pages, continuation, faults."
     def __init__(self, pages:dict[str,str], # title -> article text (paragraphs separated by blank lines; the intro is the first)
@@ -217,10 +218,13 @@ class FakeWikiAPI:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
+        self.url; return self
 
     @property
-    def url(self) -> str: return f"http://127.0.0.1:{self.server.server_address[1]}/w/api.php"
+    def url(self) -> str:
+        "The `api.php` address (it stays readable after `stop`)."
+        if self.server: self._url = f"http://127.0.0.1:{self.server.server_address[1]}/w/api.php"
+        return self._url
     def stop(self):
         if self.server: self.server.shutdown(); self.server.server_close(); self.server = None
     def __enter__(self): return self.start()
