@@ -120,12 +120,13 @@ class LlmConfig(TrainConfig):
     learning_rate: float = 5e-5
     metric: str = "eval_loss"
 
-# %% ../nbs/01_config.ipynb #858e82cd
+# %% ../nbs/01_config.ipynb #6ce29a97
 class IngestConfig(StrictModel):
     "Document ingestion: chunking, parsing, relation extraction."
     component: Literal["ingest"] = "ingest"
     version: Optional[str] = None
     input: str = "sample:docs.jsonl"         # JSONL file or folder of .txt/.md/.json/.jsonl
+    input_encoding: Optional[str] = None     # encoding of the input files (default UTF-8; e.g. cp1252 for legacy files)
     output_dir: Optional[str] = None         # default: `<workspace>/ingest`
     cache_dir: Optional[str] = None          # default: `<workspace>/cache`
     tokenizer: str = "sentence-transformers/all-MiniLM-L6-v2"  # counts chunk tokens
