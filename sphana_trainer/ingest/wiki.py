@@ -141,7 +141,7 @@ class WikiClient:
         raise SphanaError(f"{self.api_url}: still failing after {n} attempt{'s' * (n > 1)} (last: {why}); "
                           "try again later, lower --rate, or check --api-url")
 
-# %% ../../nbs/10_ingest.wiki.ipynb #0ab3dd5d
+# %% ../../nbs/10_ingest.wiki.ipynb #541211c0
 class FakeWikiAPI:
     "A MediaWiki Action API look-alike for `prop=extracts` on 127.0.0.1 (for tests): normalization, redirects, missing pages, continuation, faults."
     def __init__(self, pages:dict[str,str], # title -> article text (paragraphs separated by blank lines; the intro is the first)
@@ -153,7 +153,7 @@ class FakeWikiAPI:
         self.pages, self.redirects, self.faults = dict(pages), dict(redirects or {}), dict(faults or {})
         self.ids = {t: 1000 + 7 * i for i, t in enumerate(self.pages)}
         self.retry_after, self.slow_after, self.delay = retry_after, slow_after, delay
-        self.log, self.lock, self.server = [], threading.Lock(), None
+        self.log, self.times, self.lock, self.server = [], [], threading.Lock(), None   # log: (params, headers) per request
 
     @staticmethod
     def normalize(t:str) -> str|None:
@@ -195,7 +195,7 @@ class FakeWikiAPI:
     def handle(self, path:str, headers) -> tuple[int, dict, bytes]:
         "Status, headers and body for one GET request."
         q = {k: v[-1] for k, v in parse_qs(urlparse(path).query, keep_blank_values=True).items()}
-        with self.lock: self.log.append((q, dict(headers))); n = len(self.log)
+        with self.lock: self.log.append((q, dict(headers))); self.times.append(time.monotonic()); n = len(self.log)
         if self.slow_after is not None and n > self.slow_after: time.sleep(self.delay)
         fault, ra = self.faults.get(n), ({"Retry-After": self.retry_after} if self.retry_after is not None else {})
         if fault == "maxlag":
@@ -213,7 +213,9 @@ class FakeWikiAPI:
                 status, hdrs, body = api.handle(self.path, self.headers)
                 self.send_response(status)
                 for k, v in {**hdrs, "Content-Length": str(len(body))}.items(): self.send_header(k, v)
-                self.end_headers(); self.wfile.write(body)
+                self.end_headers()
+                try: self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError): pass   # the client went away (a killed download)
             def log_message(self, *a): pass
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
