@@ -427,7 +427,7 @@ def iter_parses(parses_dir:str|Path):
             for x in (r if isinstance(r, list) else [r]):
                 if isinstance(x, dict): yield x.get("doc_id"), x
 
-# %% ../../nbs/20_data.build.ipynb #51797409
+# %% ../../nbs/20_data.build.ipynb #81c802c1
 @dataclass
 class BuildResult:
     "What `build_from_ingest` / `build_from_beir` wrote."
@@ -437,6 +437,10 @@ class BuildResult:
     def files(self, kind:str) -> tuple[Path, Path]:
         "`(train, validation)` paths of dataset `kind`."
         return self.output_dir/kind/"train.jsonl", self.output_dir/kind/"validation.jsonl"
+    def summary(self) -> str:
+        "One line per dataset: record counts and folder."
+        return "\n".join(f"{k}: {v['train']} train / {v['validation']} validation -> {self.output_dir/k}" for k, v in self.counts.items()) + \
+               f"\nbuild_meta.json: {self.output_dir/'build_meta.json'}"
 
 def load_extra(path:str|Path|None, # JSONL file of extra records, or None
                kind:str, # dataset kind to check it against
