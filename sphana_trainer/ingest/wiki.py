@@ -76,7 +76,7 @@ def retry_after(value:str|None, now:float|None=None) -> float|None:
     except (TypeError, ValueError, IndexError): return None
     return max(0.0, when - (time.time() if now is None else now))
 
-# %% ../../nbs/10_ingest.wiki.ipynb #1edae989
+# %% ../../nbs/10_ingest.wiki.ipynb #e32fe280
 class WikiClient:
     "MediaWiki Action API client: throttled to `rate` requests/s; retries 429/5xx/maxlag after `Retry-After` or a jittered exponential backoff."
     def __init__(self, api_url:str=DEFAULT_API, # the wiki's `api.php`
@@ -96,7 +96,7 @@ class WikiClient:
         self.session = session or requests.Session()
         self.session.headers.update({"User-Agent": default_user_agent(contact) if user_agent is None else user_agent,
                                      "Accept": "application/json"})
-        self.requests, self.retries, self.waits, self._next, self.log = 0, 0, [], None, get_logger()
+        self.requests, self.retries, self.waits, self._next, self._warned, self.log = 0, 0, [], None, set(), get_logger()
 
     def _throttle(self):
         "Wait until the next request is allowed by `rate`."
@@ -104,6 +104,12 @@ class WikiClient:
         now = self.clock()
         if self._next is not None and now < self._next: self.sleep(self._next - now); now = self._next
         self._next = now + 1.0 / self.rate
+
+    def _warn(self, data:dict):
+        "Log each distinct API warning once (e.g. a lowered `exlimit`)."
+        for mod, w in (data.get("warnings") or {}).items():
+            msg = f"{self.api_url}: API warning ({mod}): {w.get('warnings') or w.get('*') or w}"
+            if msg not in self._warned: self._warned.add(msg); self.log.warning(msg)
 
     def _backoff(self, attempt:int) -> float:
         return min(self.max_backoff, self.backoff * 2 ** attempt) * self.rng.uniform(0.5, 1.0)
@@ -115,13 +121,16 @@ class WikiClient:
         except requests.RequestException as e: return None, (f"{type(e).__name__}: {e}", None)
         hint = retry_after(r.headers.get("Retry-After"))
         if r.status_code == 429 or r.status_code >= 500: return None, (f"HTTP {r.status_code} {r.reason}", hint)
+        if r.status_code == 403:
+            raise SphanaError(f"{self.api_url}: HTTP 403 {r.reason}; the wiki refused the request (Wikimedia refuses User-Agents "
+                              "without contact details: pass --contact you@example.org)")
         if r.status_code != 200:
             raise SphanaError(f"{self.api_url}: HTTP {r.status_code} {r.reason}; check --api-url (it must be a MediaWiki api.php)")
         try: data = r.json()
         except ValueError: return None, (f"HTTP 200 but the body is not JSON ({r.text[:80]!r})", hint)
         err = data.get("error") if isinstance(data, dict) else None
         if err:
-            code, info = err.get("code"), err.get("info", "")
+            code, info = err.get("code"), str(err.get("info", "")).rstrip(".")
             if code in RETRY_API_ERRORS: return None, (f"API error {code}: {info}", hint or (float(err["lag"]) if code == "maxlag" and "lag" in err else None))
             raise SphanaError(f"{self.api_url}: API error {code}: {info}")
         return data, None
@@ -131,7 +140,7 @@ class WikiClient:
         params = {**params, "format": "json", "formatversion": "2", **({"maxlag": self.maxlag} if self.maxlag else {})}
         for attempt in range(self.max_retries + 1):
             data, problem = self._send(params)
-            if data is not None: return data
+            if data is not None: self._warn(data); return data
             why, hint = problem
             if attempt == self.max_retries: break
             wait = min(self.max_wait, hint) if hint is not None else self._backoff(attempt)
@@ -141,12 +150,12 @@ class WikiClient:
         raise SphanaError(f"{self.api_url}: still failing after {n} attempt{'s' * (n > 1)} (last: {why}); "
                           "try again later, lower --rate, or check --api-url")
 
-# %% ../../nbs/10_ingest.wiki.ipynb #541211c0
+# %% ../../nbs/10_ingest.wiki.ipynb #2730d980
 class FakeWikiAPI:
     "A MediaWiki Action API look-alike for `prop=extracts` on 127.0.0.1 (for tests): normalization, redirects, missing pages, continuation, faults."
     def __init__(self, pages:dict[str,str], # title -> article text (paragraphs separated by blank lines; the intro is the first)
                  redirects:dict[str,str]|None=None, # title -> target title
-                 faults:dict[int,int|str]|None=None, # request number (1-based) -> 429, 500, 503 or "maxlag"
+                 faults:dict[int,int|str]|None=None, # request number (1-based) -> an HTTP status (429, 500, 503, ...) or "maxlag"
                  retry_after:str|None="0", # `Retry-After` sent with 429 and maxlag answers (None: no header)
                  slow_after:int|None=None, delay:float=0.0, # requests after number `slow_after` take `delay` seconds
                 ):
@@ -331,7 +340,7 @@ def page_id(api_url:str, pageid:int) -> str:
 
 def missing_path(output:str|Path) -> Path: return Path(f"{output}.missing.txt")
 
-# %% ../../nbs/10_ingest.wiki.ipynb #b21792ae
+# %% ../../nbs/10_ingest.wiki.ipynb #d636ad35
 def _write_missing(path:Path, missing:dict) -> Path|None:
     "List titles without text in `path`, grouped by reason (titles-file format); remove a stale list when none."
     if not missing: path.unlink(missing_ok=True); return None
@@ -366,8 +375,9 @@ def download_wiki(titles:Iterable[str], # page titles, in the order the output s
     todo = [t for t in titles if t not in have]
     res = WikiDownload(output, len(titles), len(titles) - len(todo), 0, 0)
     r0, n0 = client.requests, client.retries
-    with open(output, "a", encoding="utf-8") as f, \
-         Progress(len(todo), "Downloading wiki pages", log_interval=progress_log_interval, unit="titles") as pr:
+    try: f = open(output, "a", encoding="utf-8")
+    except OSError as e: raise SphanaError(f"{output}: cannot write the output ({e.strerror}); choose another --output") from None
+    with f, Progress(len(todo), "Downloading wiki pages", log_interval=progress_log_interval, unit="titles") as pr:
         for i in range(0, len(todo), bs):
             batch, lines = todo[i:i + bs], []
             for t, p in fetch_extracts(client, batch, full_content).items():
