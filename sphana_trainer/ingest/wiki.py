@@ -76,7 +76,7 @@ def retry_after(value:str|None, now:float|None=None) -> float|None:
     except (TypeError, ValueError, IndexError): return None
     return max(0.0, when - (time.time() if now is None else now))
 
-# %% ../../nbs/10_ingest.wiki.ipynb #e32fe280
+# %% ../../nbs/10_ingest.wiki.ipynb #8675856e
 class WikiClient:
     "MediaWiki Action API client: throttled to `rate` requests/s; retries 429/5xx/maxlag after `Retry-After` or a jittered exponential backoff."
     def __init__(self, api_url:str=DEFAULT_API, # the wiki's `api.php`
@@ -117,7 +117,9 @@ class WikiClient:
     def _send(self, params:dict):
         "One HTTP request: `(data, None)` on success, `(None, (problem, wait_hint))` when worth retrying."
         self._throttle(); self.requests += 1
-        try: r = self.session.get(self.api_url, params=params, timeout=self.timeout)
+        long = sum(len(str(v)) for v in params.values()) > 2000   # long title lists go in a POST body (URLs have limits)
+        try: r = (self.session.post(self.api_url, data=params, timeout=self.timeout) if long else
+                  self.session.get(self.api_url, params=params, timeout=self.timeout))
         except requests.RequestException as e: return None, (f"{type(e).__name__}: {e}", None)
         hint = retry_after(r.headers.get("Retry-After"))
         if r.status_code == 429 or r.status_code >= 500: return None, (f"HTTP {r.status_code} {r.reason}", hint)
@@ -150,7 +152,7 @@ class WikiClient:
         raise SphanaError(f"{self.api_url}: still failing after {n} attempt{'s' * (n > 1)} (last: {why}); "
                           "try again later, lower --rate, or check --api-url")
 
-# %% ../../nbs/10_ingest.wiki.ipynb #2730d980
+# %% ../../nbs/10_ingest.wiki.ipynb #b218a861
 class FakeWikiAPI:
     "A MediaWiki Action API look-alike for `prop=extracts` on 127.0.0.1 (for tests): normalization, redirects, missing pages, continuation, faults."
     def __init__(self, pages:dict[str,str], # title -> article text (paragraphs separated by blank lines; the intro is the first)
@@ -201,9 +203,9 @@ class FakeWikiAPI:
         body["query"] = {k: v for k, v in (("normalized", normalized), ("redirects", redirects)) if v} | {"pages": plist}
         return body
 
-    def handle(self, path:str, headers) -> tuple[int, dict, bytes]:
-        "Status, headers and body for one GET request."
-        q = {k: v[-1] for k, v in parse_qs(urlparse(path).query, keep_blank_values=True).items()}
+    def handle(self, path:str, headers, body:str="") -> tuple[int, dict, bytes]:
+        "Status, headers and body for one request (parameters from the query string and a form-encoded POST body)."
+        q = {k: v[-1] for k, v in parse_qs(urlparse(path).query + "&" + body, keep_blank_values=True).items()}
         with self.lock: self.log.append((q, dict(headers))); self.times.append(time.monotonic()); n = len(self.log)
         if self.slow_after is not None and n > self.slow_after: time.sleep(self.delay)
         fault, ra = self.faults.get(n), ({"Retry-After": self.retry_after} if self.retry_after is not None else {})
@@ -218,8 +220,10 @@ class FakeWikiAPI:
         "Serve on 127.0.0.1 (a free port) from a daemon thread."
         api = self
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                status, hdrs, body = api.handle(self.path, self.headers)
+            def do_GET(self): self.reply("")
+            def do_POST(self): self.reply(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+            def reply(self, form):
+                status, hdrs, body = api.handle(self.path, self.headers, form)
                 self.send_response(status)
                 for k, v in {**hdrs, "Content-Length": str(len(body))}.items(): self.send_header(k, v)
                 self.end_headers()
