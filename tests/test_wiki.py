@@ -46,10 +46,10 @@ def test_survives_throttling_500_and_maxlag(corpus, tmp_path):
     assert q["maxlag"] == "5" and q["explaintext"] == "1" and "exintro" not in q and q["exlimit"] == "1"
     assert all(len(q["titles"].split("|")) <= 10 for q, _ in api.log)
     gaps = [b - a for a, b in zip(api.times, api.times[1:])]
-    spans = [b - a for a, b in zip(api.times, api.times[10:])]           # any 11 requests span >= 10/25 s
-    print(f"{len(api.log)} requests; shortest gap {min(gaps)*1000:.0f} ms, shortest 10-gap span {min(spans):.2f}s; "
+    spans = [b - a for a, b in zip(api.times, api.times[20:])]           # any 21 requests span >= 20/25 s
+    print(f"{len(api.log)} requests; shortest gap {min(gaps)*1000:.0f} ms, shortest 20-gap span {min(spans):.2f}s; "
           f"wait after the 429: {gaps[2]:.2f}s, after maxlag: {gaps[14]:.2f}s")
-    assert min(spans) >= 0.35 and gaps[2] >= 1.0 and gaps[14] >= 1.0
+    assert min(spans) >= 0.7 and gaps[2] >= 1.0 and gaps[14] >= 1.0
     assert "40 pages written" in r.stdout and "3 retried" in r.stdout
 
 def test_kill_and_resume_equals_uninterrupted(corpus, tmp_path):

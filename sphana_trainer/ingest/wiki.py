@@ -75,7 +75,7 @@ def retry_after(value:str|None, now:float|None=None) -> float|None:
     except (TypeError, ValueError, IndexError): return None
     return max(0.0, when - (time.time() if now is None else now))
 
-# %% ../../nbs/10_ingest.wiki.ipynb #8675856e
+# %% ../../nbs/10_ingest.wiki.ipynb #c9a8faaa
 class WikiClient:
     "MediaWiki Action API client: throttled to `rate` requests/s; retries 429/5xx/maxlag after `Retry-After` or a jittered exponential backoff."
     def __init__(self, api_url:str=DEFAULT_API, # the wiki's `api.php`
@@ -132,7 +132,8 @@ class WikiClient:
         err = data.get("error") if isinstance(data, dict) else None
         if err:
             code, info = err.get("code"), str(err.get("info", "")).rstrip(".")
-            if code in RETRY_API_ERRORS: return None, (f"API error {code}: {info}", hint or (float(err["lag"]) if code == "maxlag" and "lag" in err else None))
+            if code == "maxlag" and hint is None: hint = max(5.0, float(err.get("lag") or 0))   # Wikimedia: pause at least 5 s
+            if code in RETRY_API_ERRORS: return None, (f"API error {code}: {info}", hint)
             raise SphanaError(f"{self.api_url}: API error {code}: {info}")
         return data, None
 
