@@ -245,18 +245,18 @@ def shard_plan(num_shards:int|None=None, shard_index:int|None=None, env=None) ->
     ws = int(env.get("WORLD_SIZE", "1") or 1)
     return (int(env.get("RANK", "0")), ws, True) if ws > 1 else (0, 1, False)
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #bf9d1833
+# %% ../../nbs/14_ingest.pipeline.ipynb #5ae090e3
 def _dumps(r): return json.dumps(r, ensure_ascii=False) + "\n"
 
-def _write_outputs(out_dir:Path, results:Iterator[dict]) -> tuple[int, int, int]:
-    "Write `chunks.jsonl` + `relations.jsonl` atomically from per-document results, in order."
-    n_c = n_r = dropped = 0
+def _write_outputs(out_dir:Path, results:Iterator[dict]) -> dict:
+    "Write `chunks.jsonl` + `relations.jsonl` atomically from per-document results, in order; returns counts."
+    n_c = n_r = dropped = empty = 0
     with atomic_open(out_dir/"chunks.jsonl") as fc, atomic_open(out_dir/"relations.jsonl") as fr:
         for res in results:
             for c in res["chunks"]: fc.write(_dumps(c)); n_c += 1
             for r in res["relations"]: fr.write(_dumps(r)); n_r += 1
-            dropped += res.get("dropped", 0)
-    return n_c, n_r, dropped
+            dropped += res.get("dropped", 0); empty += not res["chunks"]
+    return {"chunks": n_c, "relations": n_r, "relations_dropped": dropped, "documents_empty": empty}
 
 def _shard_file(sdir:Path, i:int, n:int) -> Path: return sdir/f"shard-{i:05d}-of-{n:05d}.jsonl"
 
@@ -318,7 +318,7 @@ def _meta(cfg, inp, fp, ing, counts, n_shards, elapsed, hits, misses) -> dict:
             "parser": ing.parser_id, "tokenizer": ing.tok_id, "counts": counts, "shards": n_shards,
             "cache": {"hits": hits, "computed": misses}, "elapsed_s": round(elapsed, 3)}
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #17a31fb2
+# %% ../../nbs/14_ingest.pipeline.ipynb #e66bfa4c
 def run_ingest(cfg:IngestConfig, # the ingestion config
                num_shards:int|None=None, # split the documents into this many shards ...
                shard_index:int|None=None, # ... and ingest this one (default: torchrun's RANK/WORLD_SIZE, else all)
@@ -345,13 +345,12 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
                 prog.update(1); yield k, res
     res = IngestResult(out_dir, documents=total, shard=(idx, n) if n > 1 else None)
     if n == 1:
-        nc, nr, dropped = _write_outputs(out_dir, (r for _, r in results()))
+        counts = {"documents": total, **_write_outputs(out_dir, (r for _, r in results()))}
         prog.close()
         el = time.monotonic() - t0
-        counts = {"documents": total, "chunks": nc, "relations": nr, "relations_dropped": dropped}
         meta = _meta(cfg, inp, fp, ing, counts, 1, el, ing.hits, ing.misses)
         atomic_write_json(out_dir/"ingest_meta.json", meta)
-        return dataclasses.replace(res, chunks=nc, relations=nr, cache_hits=ing.hits, computed=ing.misses, elapsed_s=el, meta=meta)
+        return dataclasses.replace(res, chunks=counts["chunks"], relations=counts["relations"], cache_hits=ing.hits, computed=ing.misses, elapsed_s=el, meta=meta)
 
     # sharded: write this shard, then merge (rank 0 under torchrun; the last shard to finish otherwise)
     sdir = out_dir/".shards"/_sha({"fp": fp, "n": n, **ing.base})[:16]
@@ -368,13 +367,12 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
         do_merge = all(_shard_file(sdir, i, n).is_file() for i in range(n)) and _merge_lock(sdir)
     try:
         if do_merge:
-            nc, nr, dropped = _write_outputs(out_dir, _merged_results(sdir, n, total))
+            counts = {"documents": total, **_write_outputs(out_dir, _merged_results(sdir, n, total))}
             sm = [json.loads((sdir/f"shard-{i:05d}.meta.json").read_text()) for i in range(n)]
-            counts = {"documents": total, "chunks": nc, "relations": nr, "relations_dropped": dropped}
             meta = _meta(cfg, inp, fp, ing, counts, n, time.monotonic() - t0, sum(m["hits"] for m in sm), sum(m["computed"] for m in sm))
             atomic_write_json(out_dir/"ingest_meta.json", meta)
             shutil.rmtree(sdir, ignore_errors=True)
-            res = dataclasses.replace(res, chunks=nc, relations=nr, meta=meta)
+            res = dataclasses.replace(res, chunks=counts["chunks"], relations=counts["relations"], meta=meta)
         elif not distributed:
             left = [i for i in range(n) if not _shard_file(sdir, i, n).is_file()]
             log.info(f"shard {idx + 1}/{n} written; waiting for shard(s) {', '.join(str(i) for i in left)} — the last shard to finish merges")
