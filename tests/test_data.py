@@ -1,0 +1,107 @@
+"""dataset-build-from-ingest and dataset-build-from-beir as a user runs them."""
+import importlib.util, json, os, subprocess, sys
+import pytest
+from conftest import ROOT, BIN
+from sphana_trainer.schemas import validate_jsonl
+from sphana_trainer.data.build import write_example_ingest
+from sphana_trainer.data.beir import write_example_beir
+
+CLI = str(BIN/"sphana-trainer")
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+def one_line_error(r, *needles):
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    err = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(err) == 1, r.stderr
+    for n in needles: assert n in err[0], err[0]
+
+def test_build_from_ingest_cli(tmp_path):
+    ex = write_example_ingest(tmp_path/"ingest")
+    outs = []
+    for name in ("a", "b"):
+        r = run("dataset-build-from-ingest", ex, "--output-dir", tmp_path/name, "--min-confidence", "0.35", "--val-ratio", "0.25", "--seed", "3")
+        assert r.returncode == 0, r.stderr
+        assert "relation:" in r.stdout and "build_meta.json" in r.stdout
+        outs.append({p.relative_to(tmp_path/name): p.read_bytes() for p in sorted((tmp_path/name).rglob("*.json*"))})
+    assert outs[0] == outs[1]                                   # deterministic: same bytes
+    for kind in ("embedding", "relation", "gnn", "ner"):
+        for split in ("train", "validation"):
+            rep = validate_jsonl(tmp_path/"a"/kind/f"{split}.jsonl", kind)
+            assert rep.ok, rep.lines()[:3]
+    meta = json.loads((tmp_path/"a"/"build_meta.json").read_text())
+    assert meta["seed"] == 3 and meta["documents"] == {"train": 6, "validation": 2} and len(meta["source_fingerprint"]) == 64
+
+def test_build_from_ingest_default_output_and_extras(tmp_path, workspace):
+    ex = write_example_ingest(tmp_path/"myingest")
+    extra = tmp_path/"extra_rel.jsonl"
+    extra.write_text(json.dumps({"text": "Ada met Bob.", "entity1": {"text": "Ada", "start": 0, "end": 3},
+                                 "entity2": {"text": "Bob", "start": 8, "end": 11}, "label": "met"}) + "\n")
+    r = run("dataset-build-from-ingest", ex, "--extra-relation", extra)
+    assert r.returncode == 0, r.stderr
+    train = (workspace/"datasets"/"myingest"/"relation"/"train.jsonl").read_text().splitlines()
+    assert json.loads(train[-1])["label"] == "met"
+
+def test_build_from_ingest_bad_inputs(tmp_path):
+    one_line_error(run("dataset-build-from-ingest", tmp_path/"nope", "-o", tmp_path/"o"), "ingest folder not found")
+    ex = write_example_ingest(tmp_path/"ingest")
+    lines = (ex/"relations.jsonl").read_text().splitlines()
+    (ex/"relations.jsonl").write_text("\n".join(lines[:3] + ['{"id": "x", "broken'] + lines[3:]) + "\n")
+    one_line_error(run("dataset-build-from-ingest", ex, "-o", tmp_path/"o"), "relations.jsonl:4", "invalid JSON")
+    (ex/"relations.jsonl").write_text("\n".join(lines[:1] + [json.dumps({**json.loads(lines[1]), "confidence": 1.5})]) + "\n")
+    one_line_error(run("dataset-build-from-ingest", ex, "-o", tmp_path/"o"), "relations.jsonl:2: confidence")
+    (ex/"relations.jsonl").write_text("\n".join(lines) + "\n")
+    bad = tmp_path/"bad_gnn.jsonl"; bad.write_text('{"query_id": "q", "candidates": []}\n')
+    one_line_error(run("dataset-build-from-ingest", ex, "-o", tmp_path/"o", "--extra-gnn", bad), "bad_gnn.jsonl:1")
+    assert not (tmp_path/"o").exists()                          # nothing half-written
+
+def test_build_from_beir_cli(tmp_path):
+    from sphana_trainer.hub import tiny_bert
+    bx = write_example_beir(tmp_path/"beir")
+    words = {w for f in ("corpus.jsonl", "queries.jsonl") for w in (bx/f).read_text().lower().replace('"', " ").split()}
+    enc = tiny_bert(tmp_path/"enc", sorted(words))
+    r = run("dataset-build-from-beir", bx, "--output-dir", tmp_path/"o", "--hard-negatives", "1", "--encoder", enc, "--top-k", "4", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert "NDCG@10" in r.stdout
+    for kind in ("embedding", "gnn"):
+        rep = validate_jsonl(tmp_path/"o"/kind/"train.jsonl", kind); assert rep.ok, rep.lines()[:3]
+    rec = json.loads((tmp_path/"o"/"embedding"/"train.jsonl").read_text().splitlines()[0])
+    assert {"query", "positive", "negative"} <= set(rec)
+
+def test_build_from_beir_bad_folder(tmp_path):
+    bx = write_example_beir(tmp_path/"beir")
+    (bx/"qrels"/"train.tsv").write_text("query-id\tcorpus-id\tscore\nq-mix heat1\n")
+    one_line_error(run("dataset-build-from-beir", bx, "-o", tmp_path/"o"), "train.tsv:2", "3 tab-separated fields")
+    (bx/"qrels"/"train.tsv").unlink()
+    one_line_error(run("dataset-build-from-beir", bx, "-o", tmp_path/"o"), "no .tsv files")
+    one_line_error(run("dataset-build-from-beir", tmp_path/"none", "-o", tmp_path/"o"), "BEIR folder not found")
+
+def _bundled_docs():
+    from sphana_trainer.config import resolve_path
+    docs = os.environ.get("SPHANA_INGEST_TEST_INPUT", "sample:docs.jsonl")
+    return docs if resolve_path(docs).exists() else None
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("sphana_trainer.ingest.pipeline", "sphana_trainer.ingest.parse"))
+                    or _bundled_docs() is None,
+                    reason="ingest pipeline or bundled docs not available")
+def test_bundled_docs_ingest_then_build(tmp_path):
+    "Bundled docs -> ingest (parser simple) -> dataset-build-from-ingest (with the cached parses): schema-valid datasets."
+    import yaml
+    cfg = {**yaml.safe_load((ROOT/"configs/ingest/base.yaml").read_text()), "input": _bundled_docs(), "parser": "simple",
+           "output_dir": str(tmp_path/"ingest"), "cache_dir": str(tmp_path/"cache"), "progress_log_interval": 0}
+    (tmp_path/"ingest.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([CLI, "ingest", "--config", str(tmp_path/"ingest.yaml")], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    r = run("dataset-build-from-ingest", tmp_path/"ingest", "-o", tmp_path/"ds", "--parses-dir", tmp_path/"cache"/"parses")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path/"ds"/"build_meta.json").read_text())
+    print(meta["counts"], meta["relation"]["labels"], meta["skipped"])
+    assert meta["counts"]["embedding"]["train"] > 0 and meta["counts"]["embedding"]["validation"] > 0
+    assert meta["counts"]["relation"]["train"] > 0 and meta["counts"]["gnn"]["train"] > 0
+    for kind, c in meta["counts"].items():
+        for split in ("train", "validation"):
+            if c[split]:
+                rep = validate_jsonl(tmp_path/"ds"/kind/f"{split}.jsonl", kind); assert rep.ok, rep.lines()[:3]
