@@ -196,7 +196,7 @@ def graph_edges(n_nodes:int) -> tuple[list, list, list]:
     for i in range(1, n_nodes - 1): ei += [[i, i + 1], [i + 1, i]]; ed += [0, 1]; et += [1, 1]
     return ei, ed, et
 
-# %% ../../nbs/21_data.beir.ipynb #614cff5e
+# %% ../../nbs/21_data.beir.ipynb #9134a307
 class Featurizer:
     "Node features for query/passage nodes, from an encoder (projected) or from word statistics."
     def __init__(self, dim:int=32, encoder:Encoder|None=None, idf:dict|None=None, seed:int=42):
@@ -225,7 +225,7 @@ class Featurizer:
         "Feature row of node text `t` for query `q`."
         tw, qw = set(_words(t)), set(_words(q))
         stats = [float(is_query), self._sim(t, q), doc_score, pos, math.log1p(len(tw)), len(tw & qw) / len(tw) if tw else 0.0]
-        return [round(x, 6) for x in self._vec(t) + stats]
+        return [round(x, 4) for x in self._vec(t) + stats]
 
 def candidate_graph(fz:Featurizer, query:str, nodes:list[str], doc_score:float) -> dict:
     "One GNN candidate (without its label) for passage `nodes`."
