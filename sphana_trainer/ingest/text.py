@@ -36,14 +36,14 @@ def read_text_file(path:Path, # file to read
         raise SphanaError(f"{path}: cannot decode byte {raw[e.start:e.start+1]!r} at offset {e.start} as {enc} ({e.reason}); "
                           f"re-encode the file as UTF-8 or set 'input_encoding' (e.g. cp1252) in the config") from None
 
-# %% ../../nbs/11_ingest.text.ipynb #324d98d8
+# %% ../../nbs/11_ingest.text.ipynb #a28e8cd1
 DOC_SUFFIXES = (".txt", ".md", ".json", ".jsonl")
 
 def _record_doc(rec:dict, src:str, default_id:str) -> Document:
     "A `Document` from a JSON record; checks the fields."
     text = rec.get("text")
     if not isinstance(text, str): raise SphanaError(f"{src}: record has no string field 'text'; every record needs {{\"id\", \"text\"}}")
-    did = rec.get("id", default_id)
+    did = rec.get("id", rec.get("_id", default_id))  # `_id`: BEIR corpora
     if not isinstance(did, (str, int)) or str(did) == "": raise SphanaError(f"{src}: field 'id' must be a non-empty string")
     title = rec.get("title") or ""
     if not isinstance(title, str): raise SphanaError(f"{src}: field 'title' must be a string")
