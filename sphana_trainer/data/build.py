@@ -490,7 +490,7 @@ def write_splits(output_dir:Path, kind:str, splits:dict, seed:int, extra:list=()
         if not counts[name]: get_logger().warning(f"{kind}/{name}.jsonl is empty; add documents or lower --val-ratio / --min-confidence")
     return counts
 
-# %% ../../nbs/20_data.build.ipynb #95fb2e78
+# %% ../../nbs/20_data.build.ipynb #9a73d3bf
 def _ner_splits(chunks, split, parses_dir, skipped):
     out, seen = {"train": [], "validation": []}, set()
     def add(doc_id, recs):
@@ -553,7 +553,7 @@ def build_from_ingest(ingest_dir:str|Path, # folder with `chunks.jsonl` and `rel
             "documents": dict(sorted(Counter(split.values()).items())), "chunks": len(data.chunks), "triples": len(data.relations),
             "counts": counts, "extras": {k: len(v) for k, v in extras.items() if v},
             "relation": {"labels_before_balancing": dict(sorted(raw_labels.items())),
-                         "labels": dict(sorted(Counter(e["label"] for s in rel.values() for e in s).items())), "max_per_label": max_per_label},
+                         "labels": {k: dict(sorted(Counter(e["label"] for e in v).items())) for k, v in rel.items()}, "max_per_label": max_per_label},
             "gnn": {"feature_dim": feature_dim, "max_candidates": max_candidates, "edge_types": list(etypes),
                     "edge_directions": {"0": "subject->object (query->entity)", "1": "reverse"}},
             "skipped": dict(sorted(skipped.items()))}
