@@ -39,7 +39,7 @@ def write_example_beir(path:str|Path, # folder to create
     (path/"qrels"/"train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
     return path
 
-# %% ../../nbs/21_data.beir.ipynb #b190c33e
+# %% ../../nbs/21_data.beir.ipynb #2ec0eeb9
 @dataclass
 class BeirData:
     "Corpus (`id -> {title, text}`), queries (`id -> text`), qrels (`query id -> {doc id: score}`)."
@@ -82,7 +82,8 @@ def load_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl and q
     corpus, queries, qrels, skipped = {}, {}, defaultdict(dict), Counter()
     for ln, r in iter_jsonl(d/"corpus.jsonl", with_lineno=True):
         i = _need(r, "_id", d/"corpus.jsonl", ln, "a document")
-        title, text = _need(r, "title", d/"corpus.jsonl", ln, "a document") if "title" in r else "", _need(r, "text", d/"corpus.jsonl", ln, "a document")
+        title = _need(r, "title", d/"corpus.jsonl", ln, "a document") if r.get("title") is not None else ""
+        text = _need(r, "text", d/"corpus.jsonl", ln, "a document")
         if not (title.strip() or text.strip()): skipped["corpus_empty_doc"] += 1; continue   # e.g. Cranfield has two
         corpus[i] = {"title": title, "text": text}
     for ln, r in iter_jsonl(d/"queries.jsonl", with_lineno=True):

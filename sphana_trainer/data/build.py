@@ -105,7 +105,7 @@ def write_example_ingest(path:str|Path, # folder to write `chunks.jsonl` and `re
     write_jsonl(path/"chunks.jsonl", chunks); write_jsonl(path/"relations.jsonl", rels)
     return path
 
-# %% ../../nbs/20_data.build.ipynb #cfdde473
+# %% ../../nbs/20_data.build.ipynb #5636c06b
 @dataclass
 class IngestData:
     "Chunks (in file order), relation triples and what was skipped while reading them."
@@ -142,6 +142,7 @@ def load_ingest(ingest_dir:str|Path, # folder with `chunks.jsonl` and `relations
         _check_line(vr, d/"relations.jsonl", ln, r)
         c = by_id.get(r["chunk_id"])
         if c is None: skipped["relation_unknown_chunk"] += 1; continue
+        if r["doc_id"] != c["doc_id"]: skipped["relation_doc_mismatch"] += 1; continue
         if not (_span_ok(r["subject"], c["text"]) and _span_ok(r["object"], c["text"])): skipped["relation_bad_span"] += 1; continue
         rels.append(r)
     return IngestData(chunks, rels, skipped, fingerprint(d/"chunks.jsonl", d/"relations.jsonl"))
