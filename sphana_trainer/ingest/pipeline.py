@@ -318,7 +318,7 @@ def _meta(cfg, inp, fp, ing, counts, n_shards, elapsed, hits, misses) -> dict:
             "parser": ing.parser_id, "tokenizer": ing.tok_id, "counts": counts, "shards": n_shards,
             "cache": {"hits": hits, "computed": misses}, "elapsed_s": round(elapsed, 3)}
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #a72b60c8
+# %% ../../nbs/14_ingest.pipeline.ipynb #73020040
 def run_ingest(cfg:IngestConfig, # the ingestion config
                num_shards:int|None=None, # split the documents into this many shards ...
                shard_index:int|None=None, # ... and ingest this one (default: torchrun's RANK/WORLD_SIZE, else all)
@@ -372,7 +372,8 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
             meta = _meta(cfg, inp, fp, ing, counts, n, time.monotonic() - t0, sum(m["hits"] for m in sm), sum(m["computed"] for m in sm))
             atomic_write_json(out_dir/"ingest_meta.json", meta)
             shutil.rmtree(sdir, ignore_errors=True)
-            if not any(sdir.parent.iterdir()): sdir.parent.rmdir()
+            try: sdir.parent.rmdir()  # only when no other run's shards are there
+            except OSError: pass
             res = dataclasses.replace(res, chunks=counts["chunks"], relations=counts["relations"], meta=meta)
         elif not distributed:
             left = [i for i in range(n) if not _shard_file(sdir, i, n).is_file()]
