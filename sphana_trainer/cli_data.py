@@ -11,7 +11,7 @@ import typer
 # %% auto #0
 __all__ = ['register']
 
-# %% ../nbs/83_cli.data.ipynb #7dbec5f3
+# %% ../nbs/83_cli.data.ipynb #05c5feb2
 def _out_dir(output_dir, src):
     from sphana_trainer.core import ws_path
     return output_dir or ws_path("datasets", Path(src).resolve().name)
@@ -21,7 +21,7 @@ def register(app):
     @app.command("dataset-build-from-ingest")
     def dataset_build_from_ingest(
         ingest_dir: Annotated[Path, typer.Argument(help="Ingest folder with chunks.jsonl and relations.jsonl")],
-        output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where embedding/ relation/ gnn/ [ner/] go [default: <workspace>/datasets/<ingest folder name>]")] = None,
+        output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where embedding/ relation/ gnn/ (and ner/) go (default: <workspace>/datasets/<ingest folder name>)")] = None,
         min_confidence: Annotated[float, typer.Option(help="Triples below this confidence are not used", min=0, max=1)] = 0.35,
         val_ratio: Annotated[float, typer.Option(help="Share of documents for validation", min=0, max=0.99)] = 0.15,
         seed: Annotated[int, typer.Option(help="Seed of the split, sampling and order")] = 42,
@@ -29,7 +29,7 @@ def register(app):
         extra_relation: Annotated[Optional[Path], typer.Option(help="Extra relation examples (JSONL) appended to train")] = None,
         extra_gnn: Annotated[Optional[Path], typer.Option(help="Extra GNN queries (JSONL) appended to train")] = None,
         parses_dir: Annotated[Optional[Path], typer.Option(help="Cached parses with entities (adds NER data)")] = None,
-        max_per_label: Annotated[Optional[int], typer.Option(help="Relation examples kept per label [default: max(50, 3 x median)]", min=1)] = None,
+        max_per_label: Annotated[Optional[int], typer.Option(help="Relation examples kept per label (default: max(50, 3 x median count))", min=1)] = None,
     ):
         "Build embedding, relation, GNN (and NER) train/validation datasets from an ingest folder, split by document."
         from sphana_trainer.data.build import build_from_ingest
@@ -40,9 +40,9 @@ def register(app):
     @app.command("dataset-build-from-beir")
     def dataset_build_from_beir(
         beir_dir: Annotated[Path, typer.Argument(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/*.tsv")],
-        output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where embedding/ and gnn/ go [default: <workspace>/datasets/<folder name>]")] = None,
+        output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where embedding/ and gnn/ go (default: <workspace>/datasets/<folder name>)")] = None,
         hard_negatives: Annotated[int, typer.Option(help="Mined hard negatives per (query, positive) pair", min=0)] = 0,
-        encoder: Annotated[Optional[str], typer.Option(help="Encoder (hub id or folder) that ranks candidates and negatives [default: BM25]")] = None,
+        encoder: Annotated[Optional[str], typer.Option(help="Encoder (hub id or folder) that ranks candidates and negatives (default: BM25)")] = None,
         top_k: Annotated[int, typer.Option(help="GNN candidates per query", min=1)] = 20,
         val_ratio: Annotated[float, typer.Option(help="Share of judged queries for validation", min=0, max=0.99)] = 0.15,
         seed: Annotated[int, typer.Option(help="Seed of the split and order")] = 42,
