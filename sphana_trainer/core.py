@@ -77,7 +77,7 @@ def write_jsonl(path:str|Path, records:Iterable[dict]) -> int:
         for r in records: f.write(json.dumps(r, ensure_ascii=False) + "\n"); n += 1
     return n
 
-# %% ../nbs/00_core.ipynb #15546869
+# %% ../nbs/00_core.ipynb #174eff0c
 def iter_jsonl(path:str|Path, # a `.jsonl` file
                with_lineno:bool=False, # yield `(line_number, record)` pairs
               ) -> Iterator:
@@ -89,7 +89,7 @@ def iter_jsonl(path:str|Path, # a `.jsonl` file
             if not raw.strip(): continue
             try: obj = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as e: raise SphanaError(f"{path}:{i}: not UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
-            except json.JSONDecodeError as e: raise SphanaError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+            except json.JSONDecodeError as e: raise SphanaError(f"{path}:{i}: invalid JSON ({e.msg}, column {e.colno}); fix or remove the line") from None
             if not isinstance(obj, dict): raise SphanaError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
             yield (i, obj) if with_lineno else obj
 

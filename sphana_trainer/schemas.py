@@ -97,7 +97,7 @@ class ValidationReport:
         "One printable line per error."
         return [f"{self.path}:{ln}: {fld}: {why}" for ln, fld, why in self.errors]
 
-# %% ../nbs/02_schemas.ipynb #b3335c3b
+# %% ../nbs/02_schemas.ipynb #b7300877
 def validate_jsonl(path:str|Path, # the JSONL file to check
                    kind:str, # a schema kind: embedding|relation|gnn|ner|llm|chunks|relations
                    max_errors:int|None=None, # stop collecting after this many errors
@@ -114,7 +114,7 @@ def validate_jsonl(path:str|Path, # the JSONL file to check
             rep.records += 1
             try: rec = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError: rep.errors.append((ln, "(line)", "not UTF-8")); continue
-            except json.JSONDecodeError as e: rep.errors.append((ln, "(line)", f"invalid JSON: {e.msg} at column {e.colno}")); continue
+            except json.JSONDecodeError as e: rep.errors.append((ln, "(line)", f"invalid JSON ({e.msg}, column {e.colno})")); continue
             errs = [(_field(e), _reason(e)) for e in validator.iter_errors(rec)]
             if not errs and extra: errs = extra(rec)
             rep.errors += [(ln, fl, why) for fl, why in errs]

@@ -19,7 +19,7 @@ def test_validate_reports_every_bad_line(tmp_path):
     f = tmp_path/"rel.jsonl"; f.write_text("\n".join(lines) + "\n")
     r = run(str(BIN/"sphana-trainer"), "dataset-validate", str(f), "--type", "relation")
     assert r.returncode == 2
-    bad = [l for l in r.stdout.splitlines() if l.startswith(str(f) + ":")]
+    bad = [l for l in r.stdout.splitlines() if l.startswith(str(f) + ":") and l.split(":")[1].isdigit()]
     assert [l.split(":")[1] for l in bad] == ["2", "3", "5"], r.stdout
     assert "invalid JSON" in bad[0] and "label" in bad[1] and "entity1" in bad[2]
     assert "Traceback" not in r.stderr
