@@ -83,7 +83,7 @@ def _bundled_docs():
     docs = os.environ.get("SPHANA_INGEST_TEST_INPUT", "sample:docs.jsonl")
     return docs if resolve_path(docs).exists() else None
 
-@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("sphana_trainer.ingest.pipeline", "sphana_trainer.ingest.parse"))
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("sphana_trainer.ingest.pipeline", "sphana_trainer.ingest.parse", "sphana_trainer.ingest.extract"))
                     or _bundled_docs() is None,
                     reason="ingest pipeline or bundled docs not available")
 def test_bundled_docs_ingest_then_build(tmp_path):
