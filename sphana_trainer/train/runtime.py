@@ -79,7 +79,7 @@ def cleanup_distributed():
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
-# %% ../../nbs/40_train.runtime.ipynb #df148ee7
+# %% ../../nbs/40_train.runtime.ipynb #8364d5a7
 def autocast_dtype(precision:str, device:torch.device):
     "The autocast dtype for `precision` on `device` (None = fp32)."
     if precision == "fp32": return None
@@ -88,9 +88,7 @@ def autocast_dtype(precision:str, device:torch.device):
         return None
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
-test_eq(autocast_dtype("fp16", torch.device("cpu")), None)
-
-# %% ../../nbs/40_train.runtime.ipynb #120a8cb8
+# %% ../../nbs/40_train.runtime.ipynb #74c8b94b
 def make_optimizer(module:nn.Module, lr:float, weight_decay:float) -> torch.optim.AdamW:
     "AdamW; biases, norms and 0-d parameters (e.g. a learned temperature) get no weight decay."
     decay, no_decay = [], []
@@ -111,7 +109,7 @@ def make_scheduler(opt, total:int, warmup_ratio:float, kind:str):
     warm = int(round(warmup_ratio * total))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warm, kind))
 
-# %% ../../nbs/40_train.runtime.ipynb #e92d92d1
+# %% ../../nbs/40_train.runtime.ipynb #22fca32d
 def epoch_batches(n:int, batch_size:int, seed:int, epoch:int) -> list[list[int]]:
     "Batches of record indices for `epoch`: a permutation from `seed + epoch`, split by `batch_size` (DDP: this rank's share)."
     rank, world = dist_info()
@@ -124,11 +122,7 @@ def epoch_batches(n:int, batch_size:int, seed:int, epoch:int) -> list[list[int]]
         order = torch.randperm(n, generator=g).tolist()
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
-test_eq(epoch_batches(10, 4, 1, 0), epoch_batches(10, 4, 1, 0))
-assert epoch_batches(10, 4, 1, 0) != epoch_batches(10, 4, 1, 1)
-test_eq([len(b) for b in epoch_batches(10, 4, 1, 0)], [4, 4, 2])
-
-# %% ../../nbs/40_train.runtime.ipynb #94bd7c7e
+# %% ../../nbs/40_train.runtime.ipynb #fa17122b
 def rng_state() -> dict:
     "Python, NumPy and torch RNG states as tensors/lists."
     v, st, g = random.getstate()
@@ -145,7 +139,7 @@ def set_rng_state(s:dict):
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
-# %% ../../nbs/40_train.runtime.ipynb #f28cb2ea
+# %% ../../nbs/40_train.runtime.ipynb #8e3febbb
 def list_checkpoints(run_dir:Path) -> list[Path]:
     "Complete checkpoint folders of a run, oldest first."
     return sorted(p for p in (Path(run_dir)/"checkpoints").glob("step-*") if (p/"state.pt").is_file() and (p/"info.json").is_file())
@@ -174,7 +168,7 @@ def load_state(path:Path) -> dict:
     if not p.is_file(): raise SphanaError(f"{path}: no checkpoint here (expected a step-* folder with state.pt)")
     return torch.load(p, map_location="cpu", weights_only=True)
 
-# %% ../../nbs/40_train.runtime.ipynb #3cc6e3c8
+# %% ../../nbs/40_train.runtime.ipynb #bc649c73
 def device_memory_mb(device:torch.device) -> float:
     "Peak memory of this process: CUDA allocator peak on GPU, max RSS on CPU (MiB)."
     if device.type == "cuda": return torch.cuda.max_memory_allocated(device) / 2**20
@@ -194,7 +188,7 @@ class MetricsLog:
         if not is_main(): return
         with open(self.path, "a", encoding="utf-8") as f: f.write(json.dumps(rec) + "\n")
 
-# %% ../../nbs/40_train.runtime.ipynb #9d08b74f
+# %% ../../nbs/40_train.runtime.ipynb #bc5e3eac
 def default_tracking_uri() -> str:
     "`file:<workspace>/mlruns`."
     return ws_path("mlruns").as_uri()
@@ -230,7 +224,7 @@ class Mlflow:
         if self.on and self.own and self.mlflow.active_run() is not None: self.mlflow.end_run(status)
         self.on = False
 
-# %% ../../nbs/40_train.runtime.ipynb #4e4fe50c
+# %% ../../nbs/40_train.runtime.ipynb #c5b30da2
 def make_profiler(n_steps:int, out_dir:Path, device:torch.device):
     "A started `torch.profiler.profile` for `n_steps` steps, or None."
     if n_steps <= 0: return None
@@ -242,7 +236,7 @@ def make_profiler(n_steps:int, out_dir:Path, device:torch.device):
                    on_trace_ready=lambda p: p.export_chrome_trace(str(path)), record_shapes=False)
     prof.start(); return prof
 
-# %% ../../nbs/40_train.runtime.ipynb #7bd1aba9
+# %% ../../nbs/40_train.runtime.ipynb #d415ded4
 def _to(batch, device):
     if isinstance(batch, torch.Tensor): return batch.to(device, non_blocking=True)
     if isinstance(batch, dict): return {k: _to(v, device) for k, v in batch.items()}
@@ -267,7 +261,7 @@ class TrainingInterrupted(Exception):
 
 def _unwrap(m): return m.module if hasattr(m, "module") and isinstance(m, nn.parallel.DistributedDataParallel) else m
 
-# %% ../../nbs/40_train.runtime.ipynb #b464a3da
+# %% ../../nbs/40_train.runtime.ipynb #77ca4e3b
 class _Loop:
     "State of one training run (see `train`)."
     def __init__(self, cfg, task:TrainTask, run_dir:Path, mlflow:Mlflow|None):
@@ -394,7 +388,7 @@ class _Loop:
         return RunResult(self.run_dir, self.step, self.best, self.best_step, self.best_eval, self.history, self.stopped,
                          self.best_ckpt, self.last_ckpt, time.perf_counter() - t_start)
 
-# %% ../../nbs/40_train.runtime.ipynb #2e2e7d38
+# %% ../../nbs/40_train.runtime.ipynb #33703ecf
 def train(cfg, # a `TrainConfig` (subclass)
           task:TrainTask, # model, data, collate, evaluation
           run_dir:str|Path, # folder for checkpoints, metrics.jsonl, profiler traces
