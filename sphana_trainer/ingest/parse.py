@@ -88,7 +88,7 @@ def split_sentences(text:str) -> list[tuple[int, int]]:
         if seg.strip(): out.append((s + len(seg) - len(seg.lstrip()), e - (len(seg) - len(seg.rstrip()))))
     return out
 
-# %% ../../nbs/12_ingest.parse.ipynb #2dfbbc04
+# %% ../../nbs/12_ingest.parse.ipynb #68458ac6
 _TOKEN = re.compile(r"(?:[A-Za-z]\.){2,}|\d+(?:[.,]\d+)*%?|\w+(?:[-'’]\w+)*|[^\w\s]")
 _CLOSED = {"DET": "the a an this that these those each every some any no all both either neither",
            "ADP": "of in on at by for with from to into onto over under about between through during after before against among "
@@ -113,7 +113,7 @@ def lemmatize(word:str, pos:str) -> str:
         if w.endswith(("eed", "ied")): return w[:-1] if w.endswith("eed") else w[:-3] + "y"  # agreed, studied
         stem = w[:-2]
         if len(stem) > 3 and stem[-1] == stem[-2] and stem[-1] not in "lsz": return stem[:-1]  # stopped -> stop
-        if re.search(r"(?:[^aeiou](?:at|it|iz|ut|uc|ag|ov|iv|ur|us|ir)|[aeiou][cgsvz]|[^aeiou]l|[cg])$", stem) and not stem.endswith(("ll", "rl", "wl")):
+        if re.search(r"(?:[^aeiou](?:at|it|iz|ut|uc|ag|ov|iv|ur|us|ir)|uir|[aeiou][cgsvz]|[^aeiou]l|[cg])$", stem) and not stem.endswith(("ll", "rl", "wl")):
             return stem + "e"  # created -> create, located -> locate, produced -> produce
         return stem
     if pos in ("VERB", "NOUN") and len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
