@@ -10,8 +10,9 @@ from ..core import SphanaError, get_logger
 from .parse import Sentence, Token
 
 # %% auto #0
-__all__ = ['CONFIDENCE', 'NOMINAL', 'PHRASE_DEPS', 'RELATIVE', 'SUBJ', 'PASS_SUBJ', 'OBJ', 'Triple', 'dependency_triples',
-           'surface_triples', 'extract_triples', 'extract_all', 'triple_scores']
+__all__ = ['CONFIDENCE', 'NOMINAL', 'PHRASE_DEPS', 'RELATIVE', 'SUBJ', 'PASS_SUBJ', 'OBJ', 'RELATION_TEMPLATE', 'NO_RELATION',
+           'Triple', 'dependency_triples', 'surface_triples', 'extract_triples', 'extract_all', 'triple_scores',
+           'hypothesis', 'RelationClassifier', 'get_classifier', 'classify_many', 'classify_relations']
 
 # %% ../../nbs/13_ingest.extract.ipynb #835a8226
 @dataclass
@@ -290,3 +291,91 @@ def triple_scores(gold:list[tuple[str, list[tuple]]], # (sentence, expected (sub
         misses += [(sent, x) for x in sorted(g - got)]; extras += [(sent, x) for x in sorted(got - g)]
     return {"recall": tp / max(n_gold, 1), "precision": tp / max(n_pred, 1), "found": tp, "expected": n_gold, "predicted": n_pred,
             "misses": misses, "extras": extras}
+
+# %% ../../nbs/13_ingest.extract.ipynb #1634c115
+RELATION_TEMPLATE = "{subject} {relation} {object}."
+NO_RELATION = {"no_relation", "none", "other", "no relation"}
+
+def hypothesis(t:Triple, label:str, template:str=RELATION_TEMPLATE) -> str:
+    "The NLI hypothesis saying that `label` holds between the triple's subject and object."
+    tpl = label if "{subject}" in label or "{object}" in label else template
+    return tpl.format(subject=t.subject[0], object=t.object[0], relation=label.replace("_", " "))
+
+class RelationClassifier:
+    "Entailment scores from an NLI sequence-classification model (batched, on CPU or GPU)."
+    def __init__(self, model, tokenizer, max_length:int=256, batch_size:int=32, device=None):
+        self.model, self.tok, self.max_length, self.batch_size = model.eval(), tokenizer, max_length, batch_size
+        self.device = device if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+        names = {int(i): str(n).lower() for i, n in model.config.id2label.items()}
+        self.entail = next((i for i, n in names.items() if n.startswith("entail")), model.config.num_labels - 1)
+        self.contra = next((i for i, n in names.items() if n.startswith("contra")), None)
+
+    @classmethod
+    def load(cls, name:str, max_length:int=256, batch_size:int=32, device:str="auto"):
+        "Load `name` (hub id or folder, see `resolve_model`) with `AutoModelForSequenceClassification`."
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from sphana_trainer.core import select_device
+        from sphana_trainer.hub import resolve_model
+        path = resolve_model(name)
+        try: model, tok = AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e: raise SphanaError(f"relation_model {name!r} ({path}) cannot be loaded as a sequence-classification model: {e}") from None
+        return cls(model, tok, max_length, batch_size, select_device(device))
+
+    def entailment(self, pairs:list[tuple[str, str]]) -> list[float]:
+        "Entailment probability of each `(premise, hypothesis)` pair."
+        import torch
+        out = []
+        for b in range(0, len(pairs), self.batch_size):
+            chunk = pairs[b:b + self.batch_size]
+            enc = self.tok([p for p, _ in chunk], [h for _, h in chunk], truncation=True, max_length=self.max_length,
+                           padding=True, return_tensors="pt").to(self.device)
+            with torch.inference_mode(): logits = self.model(**enc).logits.float()
+            if self.contra is not None: logits = logits[:, [self.contra, self.entail]]; k = 1
+            else: k = self.entail
+            out += logits.softmax(-1)[:, k].tolist()
+        return out
+
+_CLASSIFIERS: dict = {}
+
+def get_classifier(cfg) -> RelationClassifier:
+    "The (cached) classifier for `cfg.relation_model`."
+    key = (cfg.relation_model, cfg.relation_max_length, cfg.batch_size, cfg.device)
+    if key not in _CLASSIFIERS: _CLASSIFIERS[key] = RelationClassifier.load(cfg.relation_model, cfg.relation_max_length, cfg.batch_size, cfg.device)
+    return _CLASSIFIERS[key]
+
+# %% ../../nbs/13_ingest.extract.ipynb #1087b2dd
+def classify_many(texts_and_triples:list[tuple[str, list[Triple]]], # (parsed text, its triples) per document
+                  cfg, # `IngestConfig`: relation_model, relation_labels, relation_threshold, relation_max_length, batch_size, device
+                  classifier=None, # anything with `entailment(pairs) -> probs` (default: `get_classifier(cfg)`)
+                 ) -> list[list[Triple]]:
+    "Relabel and rescore triples with a zero-shot NLI model; drop those below `cfg.relation_threshold`."
+    clf = classifier or get_classifier(cfg)
+    labels = list(cfg.relation_labels)
+    pairs, index = [], []
+    for d, (text, triples) in enumerate(texts_and_triples):
+        for k, t in enumerate(triples):
+            premise = text[t.sentence[0]:t.sentence[1]]
+            for lab in labels or [t.predicate]: pairs.append((premise, hypothesis(t, lab))); index.append((d, k, lab))
+    probs = clf.entailment(pairs) if pairs else []
+    best = {}
+    for (d, k, lab), p in zip(index, probs):
+        if (d, k) not in best or p > best[(d, k)][1]: best[(d, k)] = (lab, p)
+    out = []
+    for d, (_, triples) in enumerate(texts_and_triples):
+        keep = []
+        for k, t in enumerate(triples):
+            lab, p = best[(d, k)]
+            if p >= cfg.relation_threshold and lab.lower() not in NO_RELATION:
+                pred = t.predicate if not labels or "{" in lab else lab
+                keep.append(replace(t, predicate=pred, confidence=round(float(p), 6), pattern=f"{t.pattern}+nli"))
+        out.append(keep)
+    return out
+
+def classify_relations(triples, # a document's triples, or a list of `(text, triples)` pairs
+                       text=None, # the parsed text of the document (or the config, in the two-argument form)
+                       cfg=None, # `IngestConfig`
+                       classifier=None):
+    "Zero-shot classification of one document's triples (`classify_relations(triples, text, cfg)`), or of many (`classify_relations(pairs, cfg)`)."
+    if cfg is None and text is not None and not isinstance(text, str): return classify_many(triples, text, classifier)
+    return classify_many([(text, list(triples))], cfg, classifier)[0]
