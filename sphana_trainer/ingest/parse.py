@@ -88,7 +88,7 @@ def split_sentences(text:str) -> list[tuple[int, int]]:
         if seg.strip(): out.append((s + len(seg) - len(seg.lstrip()), e - (len(seg) - len(seg.rstrip()))))
     return out
 
-# %% ../../nbs/12_ingest.parse.ipynb #68458ac6
+# %% ../../nbs/12_ingest.parse.ipynb #9d832537
 _TOKEN = re.compile(r"(?:[A-Za-z]\.){2,}|\d+(?:[.,]\d+)*%?|\w+(?:[-'’]\w+)*|[^\w\s]")
 _CLOSED = {"DET": "the a an this that these those each every some any no all both either neither",
            "ADP": "of in on at by for with from to into onto over under about between through during after before against among "
@@ -96,7 +96,7 @@ _CLOSED = {"DET": "the a an this that these those each every some any no all bot
            "AUX": "is are was were be been being am has have had do does did will would can could should may might must shall",
            "PRON": "i you he she it we they me him her us them his its our their my your who whom whose which what",
            "CCONJ": "and or but nor yet so", "SCONJ": "because although though while whereas if unless when where whether",
-           "PART": "not to", "ADV": "also very then there here however thus therefore only just"}
+           "PART": "not to", "NUM": "hundred thousand million billion trillion dozen", "ADV": "also very then there here however thus therefore only just"}
 CLOSED_CLASS = {w: p for p, ws in _CLOSED.items() for w in ws.split()}
 IRREGULAR = dict(p.split(":") for p in """built:build made:make wrote:write written:write led:lead gave:give given:give took:take taken:take
     began:begin begun:begin found:find founded:found saw:see seen:see became:become won:win held:hold sold:sell bought:buy brought:bring
@@ -113,7 +113,7 @@ def lemmatize(word:str, pos:str) -> str:
         if w.endswith(("eed", "ied")): return w[:-1] if w.endswith("eed") else w[:-3] + "y"  # agreed, studied
         stem = w[:-2]
         if len(stem) > 3 and stem[-1] == stem[-2] and stem[-1] not in "lsz": return stem[:-1]  # stopped -> stop
-        if re.search(r"(?:[^aeiou](?:at|it|iz|ut|uc|ag|ov|iv|ur|us|ir)|uir|[aeiou][cgsvz]|[^aeiou]l|[cg])$", stem) and not stem.endswith(("ll", "rl", "wl")):
+        if re.search(r"(?:[^aeiou](?:at|it|iz|ut|uc|ud|ib|ag|ov|iv|ur|us|ir)|uir|rv|lv|[aeiou][cgsvz]|[^aeiou]l|[cg])$", stem) and not stem.endswith(("ll", "rl", "wl")):
             return stem + "e"  # created -> create, located -> locate, produced -> produce
         return stem
     if pos in ("VERB", "NOUN") and len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
