@@ -143,7 +143,7 @@ def gather_ids(x:torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(out, x.contiguous()); return torch.cat(out)
 
-# %% ../../nbs/30_models.embedding.ipynb #0481a430
+# %% ../../nbs/30_models.embedding.ipynb #f555cf49
 def pair_texts(rec:dict) -> tuple[str, str, str|None]:
     "`(query, positive, negative|None)` of an embedding record (`query|anchor`, `positive|context`, `negative`)."
     return rec.get("query") or rec.get("anchor"), rec.get("positive") or rec.get("context"), rec.get("negative")
@@ -158,20 +158,35 @@ class EmbeddingModel(nn.Module):
 
     def forward(self, batch:dict) -> dict:
         q, p = self._enc(batch["q"]), self._enc(batch["p"])
+        B, dev = q.shape[0], q.device
         neg = n_ids = n_valid = None
-        if "n" in batch:
-            neg = torch.zeros_like(p); n_valid = batch["n_valid"]
-            neg = neg.index_put((n_valid.nonzero(as_tuple=True)[0],), self._enc(batch["n"]))
-            n_ids = batch["n_ids"]
-        B = q.shape[0]
-        p_all, p_ids = gather_with_grad(p), gather_ids(batch["p_ids"])
-        q_all, q_ids_all = (gather_with_grad(q), gather_ids(batch["q_ids"])) if self.loss_fn.symmetric or p_all.shape[0] > B else (q, batch["q_ids"])
-        if neg is not None: neg, n_ids, n_valid = gather_with_grad(neg), gather_ids(n_ids), gather_ids(n_valid)
-        offset = _rank() * B if p_all.shape[0] > B else 0
-        loss = self.loss_fn(q, p_all, neg, q_ids=batch["q_ids"], p_ids=p_ids, n_ids=n_ids, offset=offset,
-                            q_all=q_all, q_all_ids=q_ids_all, n_valid=n_valid)
+        if _any_rank("n" in batch, dev):  # every rank must gather the same tensors
+            neg, n_valid = torch.zeros_like(p), batch.get("n_valid", torch.zeros(B, dtype=torch.bool, device=dev))
+            if "n" in batch: neg = neg.index_put((n_valid.nonzero(as_tuple=True)[0],), self._enc(batch["n"]))
+            n_ids = batch.get("n_ids", torch.full((B,), -1, dtype=torch.long, device=dev))
+        q_ids, p_ids, world = batch["q_ids"], batch["p_ids"], _world()
+        offset, q_all, q_all_ids = 0, q, q_ids
+        if world > 1:  # one gradient-preserving gather of [q; p; neg] (a single collective keeps the backward order identical on all ranks)
+            parts = [q, p] + ([neg] if neg is not None else [])
+            g = gather_with_grad(torch.cat(parts)).view(world, len(parts), B, -1)
+            gi = gather_ids(torch.cat([q_ids, p_ids] + ([n_ids, n_valid.long()] if neg is not None else []))).view(world, -1, B)
+            q_all, p = g[:, 0].reshape(world * B, -1), g[:, 1].reshape(world * B, -1)
+            q_all_ids, p_ids = gi[:, 0].reshape(-1), gi[:, 1].reshape(-1)
+            if neg is not None: neg, n_ids, n_valid = g[:, 2].reshape(world * B, -1), gi[:, 2].reshape(-1), gi[:, 3].reshape(-1).bool()
+            offset = _rank() * B
+        loss = self.loss_fn(q, p, neg, q_ids=q_ids, p_ids=p_ids, n_ids=n_ids, offset=offset, q_all=q_all, q_all_ids=q_all_ids, n_valid=n_valid)
         toks = batch["q"]["attention_mask"].sum() + batch["p"]["attention_mask"].sum()
         return {"loss": loss, "samples": B, "tokens": int(toks)}
+
+def _world():
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+def _any_rank(flag:bool, device) -> bool:
+    "True if `flag` is true on any rank."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return flag
+    t = torch.tensor([int(flag)], device=device); dist.all_reduce(t, op=dist.ReduceOp.MAX); return bool(t.item())
 
 def _rank():
     import torch.distributed as dist

@@ -261,7 +261,7 @@ class TrainingInterrupted(Exception):
 
 def _unwrap(m): return m.module if hasattr(m, "module") and isinstance(m, nn.parallel.DistributedDataParallel) else m
 
-# %% ../../nbs/40_train.runtime.ipynb #77ca4e3b
+# %% ../../nbs/40_train.runtime.ipynb #ebd2b61a
 class _Loop:
     "State of one training run (see `train`)."
     def __init__(self, cfg, task:TrainTask, run_dir:Path, mlflow:Mlflow|None):
@@ -319,8 +319,8 @@ class _Loop:
                 self.best, self.best_step, self.bad, self.best_eval = val, self.step, 0, dict(m)
             else: self.bad += 1
             p = self.cfg.early_stopping_patience
-            if p and self.bad >= p: self.stopped = True; self.log.info(f"early stopping: {self.task.metric} did not improve for {p} evaluations")
-            self.log.info(f"eval step {self.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
+            if p and self.bad >= p: self.stopped = True; is_main() and self.log.info(f"early stopping: {self.task.metric} did not improve for {p} evaluations")
+            if is_main(): self.log.info(f"eval step {self.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
         self.history.append(rec); self.metrics.write(rec); self.ml.log({k: v for k, v in rec.items() if k not in ("type", "step")}, self.step)
         self.last_ckpt = self.run_dir/"checkpoints"/f"step-{self.step:07d}"
         if self.best_step == self.step: self.best_ckpt = self.last_ckpt
@@ -353,7 +353,7 @@ class _Loop:
                         out = self.model(batch)
                     loss = out["loss"].float() / accum
                     self.scaler.scale(loss).backward()
-                s_loss += float(loss); s_samples += int(out.get("samples", 0)); s_tokens += int(out.get("tokens", 0))
+                s_loss += float(loss.detach()); s_samples += int(out.get("samples", 0)); s_tokens += int(out.get("tokens", 0))
                 self.batch += 1
                 if not last_micro: continue
                 self.scaler.unscale_(self.opt)

@@ -1,0 +1,122 @@
+"""Training end to end through the CLI: exact resume after SIGKILL, pruning, the metric gate, torchrun DDP (gloo), MLflow server."""
+import json, os, signal, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pytest
+from conftest import ROOT, BIN
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file
+from sphana_trainer.hub import tiny_bert
+from sphana_trainer.train.embedding import write_toy_pairs
+
+CLI = str(BIN/"sphana-trainer")
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    "Toy pairs (12 train / 4 validation) and a tiny BERT."
+    d = tmp_path_factory.mktemp("toy")
+    data, words = write_toy_pairs(d/"data")
+    return data, tiny_bert(d/"tiny", words)
+
+def write_cfg(path, toy, **extra):
+    data, model = toy
+    base = {"model_name": str(model), "dataset_path": str(data), "epochs": 2, "batch_size": 2, "max_length": 16, "device": "cpu",
+            "learning_rate": 1.0e-3, "eval_every_steps": 2, "checkpoint_keep": 1, "progress_log_interval": 0, "version": "v1",
+            "export": {"enabled": False}}
+    base.update(extra)
+    path.write_text(json.dumps(base))  # JSON is valid YAML
+    return path
+
+def cli(args, ws, env_extra=None, check=True):
+    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    r = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    if check: assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+def art(ws): return Path(ws)/"artifacts"/"embedding"
+
+def weights(folder): return load_file(str(Path(folder)/"model.safetensors"))
+
+def ckpt_names(ws, version="v1"): return sorted(p.name for p in (art(ws)/".runs"/version/"checkpoints").glob("step-*"))
+
+def test_kill_resume_exact_and_pruning(tmp_path, toy):
+    cfg = write_cfg(tmp_path/"c.yaml", toy)
+    # uninterrupted: 2 epochs x 6 steps, evaluation + checkpoint every 2 steps
+    cli(["train", "embedding", "--config", str(cfg)], tmp_path/"a")
+    # killed with SIGKILL right after step 5 (mid-epoch 1; the last checkpoint is step 4), then resumed
+    r = cli(["train", "embedding", "--config", str(cfg)], tmp_path/"b", {"SPHANA_TRAIN_KILL_AFTER_STEP": "5"}, check=False)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert not (art(tmp_path/"b")/"latest.json").exists()
+    assert "step-0000004" in ckpt_names(tmp_path/"b") and len(ckpt_names(tmp_path/"b")) <= 2
+    r = cli(["train", "embedding", "--config", str(cfg), "--resume", "latest"], tmp_path/"b")
+    assert "resumed from" in r.stderr
+    # same final weights (last checkpoint) and same published (best) weights
+    la = torch.load(art(tmp_path/"a")/".runs"/"v1"/"checkpoints"/"step-0000012"/"state.pt", weights_only=True)["model"]
+    lb = torch.load(art(tmp_path/"b")/".runs"/"v1"/"checkpoints"/"step-0000012"/"state.pt", weights_only=True)["model"]
+    assert la.keys() == lb.keys() and all(torch.equal(la[k], lb[k]) for k in la)
+    wa, wb = weights(art(tmp_path/"a")/"v1"/"checkpoint"), weights(art(tmp_path/"b")/"v1"/"checkpoint")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # pruning: the best and the last `checkpoint_keep` (1) survive
+    evals = [json.loads(l) for l in (art(tmp_path/"a")/"v1"/"metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [2, 4, 6, 8, 10, 12]
+    best = max(evals, key=lambda e: (e["metric"], -e["step"]))["step"]
+    assert ckpt_names(tmp_path/"a") == sorted({f"step-{best:07d}", "step-0000012"})
+    meta = json.loads((art(tmp_path/"a")/"v1"/"metadata.json").read_text())
+    assert meta["metrics"]["best_step"] == best
+
+def test_threshold_miss_keeps_latest(tmp_path, toy):
+    ws = tmp_path/"ws"
+    (art(ws)/"v1").mkdir(parents=True)  # a previously published version
+    before = json.dumps({"component": "embedding", "version": "v1", "path": str(art(ws)/"v1")}).encode()
+    (art(ws)/"latest.json").write_bytes(before)
+    bad = write_cfg(tmp_path/"bad.yaml", toy, epochs=1, eval_every_steps=None, version="v2", metric_threshold=1.01)
+    r = cli(["train", "embedding", "--config", str(bad)], ws, check=False)
+    assert r.returncode == 2, r.stderr
+    assert "validation ndcg@10 = " in r.stderr and "metric_threshold 1.01" in r.stderr and "Traceback" not in r.stderr
+    assert (art(ws)/"latest.json").read_bytes() == before and not (art(ws)/"v2").exists()
+
+def test_torchrun_ddp_gloo_one_artifact(tmp_path, toy):
+    ws = tmp_path/"ws"
+    cfg = write_cfg(tmp_path/"ddp.yaml", toy, ddp=True, epochs=1, eval_every_steps=None, version=None)
+    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(BIN/"torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), CLI, "train", "embedding", "--config", str(cfg)],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    versions = [p for p in art(ws).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(versions) == 1, versions
+    meta = json.loads((versions[0]/"metadata.json").read_text())
+    assert meta["world_size"] == 2 and meta["metrics"]["steps"] == 3  # 12 pairs / 2 ranks / batch 2
+    assert json.loads((art(ws)/"latest.json").read_text())["version"] == versions[0].name
+    assert r.stdout.count("artifact:") == 1
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+def test_mlflow_server_roundtrip(tmp_path, toy):
+    port = free_port(); uri = f"http://127.0.0.1:{port}"
+    srv = subprocess.Popen([str(BIN/"mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                            "--backend-store-uri", f"sqlite:///{tmp_path/'mlflow.db'}", "--default-artifact-root", str(tmp_path/"mlartifacts")],
+                           stdout=subprocess.DEVNULL, stderr=open(tmp_path/"server.log", "w"), start_new_session=True)
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=1).status == 200: break
+            except OSError: time.sleep(0.25)
+        else: pytest.fail("mlflow server did not start: " + (tmp_path/"server.log").read_text()[-2000:])
+        cfg = write_cfg(tmp_path/"m.yaml", toy, epochs=1, eval_every_steps=None, mlflow_tracking_uri=uri,
+                        mlflow_experiment="sphana-test", mlflow_run_name="tiny-run")
+        cli(["train", "embedding", "--config", str(cfg), "--log-to-mlflow"], tmp_path/"ws")
+        from mlflow.tracking import MlflowClient
+        c = MlflowClient(uri)
+        exp = c.get_experiment_by_name("sphana-test")
+        runs = c.search_runs([exp.experiment_id])
+        assert len(runs) == 1 and runs[0].info.run_name == "tiny-run" and runs[0].info.status == "FINISHED"
+        run = runs[0]
+        assert run.data.params["learning_rate"] == "0.001" and run.data.params["batch_size"] == "2" and run.data.params["dataset_fingerprint"]
+        assert "ndcg_at_10" in run.data.metrics and "best_ndcg_at_10" in run.data.metrics
+        assert len(c.get_metric_history(run.info.run_id, "loss")) == 6  # one point per optimizer step
+        assert {a.path for a in c.list_artifacts(run.info.run_id)} >= {"metadata.json", "metrics.jsonl"}
+    finally:
+        os.killpg(srv.pid, signal.SIGTERM); srv.wait(timeout=30)
