@@ -323,7 +323,7 @@ def _meta(cfg, inp, fp, ing, counts, n_shards, elapsed, hits, misses) -> dict:
             "parser": ing.parser_id, "tokenizer": ing.tok_id, "counts": counts, "shards": n_shards,
             "cache": {"hits": hits, "computed": misses}, "elapsed_s": round(elapsed, 3)}
 
-# %% ../../nbs/14_ingest.pipeline.ipynb #eb3351b4
+# %% ../../nbs/14_ingest.pipeline.ipynb #4d959a3e
 def run_ingest(cfg:IngestConfig, # the ingestion config
                num_shards:int|None=None, # split the documents into this many shards ...
                shard_index:int|None=None, # ... and ingest this one (default: torchrun's RANK/WORLD_SIZE, else all)
@@ -372,6 +372,9 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
         do_merge = all(_shard_file(sdir, i, n).is_file() for i in range(n)) and _merge_lock(sdir)
     try:
         if do_merge:
+            missing = [str(_shard_file(sdir, i, n)) for i in range(n) if not _shard_file(sdir, i, n).is_file()]
+            if missing: raise SphanaError(f"shard file(s) {', '.join(missing)} not found after all ranks finished; with ranks on several machines, "
+                                          f"output_dir must be on a filesystem they all share")
             counts = {"documents": total, **_write_outputs(out_dir, _merged_results(sdir, n, total))}
             sm = [json.loads((sdir/f"shard-{i:05d}.meta.json").read_text()) for i in range(n)]
             meta = _meta(cfg, inp, fp, ing, counts, n, time.monotonic() - t0, sum(m["hits"] for m in sm), sum(m["computed"] for m in sm))
