@@ -22,14 +22,27 @@ install: $(STAMP)
 
 ## Run the main job on the bundled sample data (offline default).
 SAMPLE := sphana_trainer/sample_data
-SAMPLE_STATS := target/datasets/sample-stats
+ST     := $(BIN)/sphana-trainer
+WS     := $(or $(SPHANA_WORKSPACE),target)
+## Run the main job on the bundled sample data (offline default): validate the bundled datasets, ingest the
+## bundled documents, build datasets from the ingest, train + export the embedding encoder.
 demo: install
+	@echo "== 1/5 validate the bundled datasets"
 	@for k in embedding relation gnn ner llm; do for s in train validation; do \
-	  $(BIN)/sphana-trainer dataset-validate $(SAMPLE)/$$k/$$s.jsonl --type $$k || exit $$?; done; done
-	@mkdir -p $(SAMPLE_STATS)
+	  $(ST) dataset-validate $(SAMPLE)/$$k/$$s.jsonl --type $$k || exit $$?; done; done
+	@echo "== 2/5 ingest the bundled documents"
+	$(ST) ingest --config configs/ingest/base.yaml
+	$(ST) ingest-validate --config configs/ingest/base.yaml --stats
+	@echo "== 3/5 build datasets from the ingest"
+	$(ST) dataset-build-from-ingest $(WS)/ingest --output-dir $(WS)/datasets/sample
+	@for k in embedding relation gnn; do $(ST) dataset-validate $(WS)/datasets/sample/$$k/train.jsonl --type $$k || exit $$?; done
+	@echo "== 4/5 dataset statistics"
 	@for k in embedding relation gnn ner llm; do \
-	  $(BIN)/sphana-trainer dataset-stats $(SAMPLE)/$$k/train.jsonl --type $$k > $(SAMPLE_STATS)/$$k.train.json || exit $$?; \
-	  echo "stats: $(SAMPLE_STATS)/$$k.train.json"; done
+	  $(ST) dataset-stats $(SAMPLE)/$$k/train.jsonl --type $$k > $(WS)/datasets/sample/$$k.stats.json || exit $$?; \
+	  echo "stats: $(WS)/datasets/sample/$$k.stats.json"; done
+	@echo "== 5/5 train the embedding encoder, export ONNX fp32 + int8 with parity checks"
+	$(ST) train embedding --config configs/embedding/base.yaml
+	@echo "demo done: artifacts under $(WS)/artifacts"
 
 ## In-sync check, notebook tests, integration tests. Prints a pytest summary; non-zero on failure.
 test: install
