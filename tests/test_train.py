@@ -80,8 +80,13 @@ def test_torchrun_ddp_gloo_one_artifact(tmp_path, toy):
     ws = tmp_path/"ws"
     cfg = write_cfg(tmp_path/"ddp.yaml", toy, ddp=True, epochs=1, eval_every_steps=None, version=None)
     env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([str(BIN/"torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), CLI, "train", "embedding", "--config", str(cfg)],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    p = subprocess.Popen([str(BIN/"torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), CLI, "train", "embedding", "--config", str(cfg)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True)
+    try: out, err = p.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL); out, err = p.communicate()  # the ranks too, not just the launcher
+        pytest.fail("torchrun run timed out: " + err[-3000:])
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     versions = [p for p in art(ws).iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(versions) == 1, versions
@@ -118,5 +123,13 @@ def test_mlflow_server_roundtrip(tmp_path, toy):
         assert "ndcg_at_10" in run.data.metrics and "best_ndcg_at_10" in run.data.metrics
         assert len(c.get_metric_history(run.info.run_id, "loss")) == 6  # one point per optimizer step
         assert {a.path for a in c.list_artifacts(run.info.run_id)} >= {"metadata.json", "metrics.jsonl"}
+        # a sweep: one parent run, one nested run per trial
+        sw = write_cfg(tmp_path/"s.yaml", toy, epochs=1, batch_size=4, eval_every_steps=None, mlflow_tracking_uri=uri, mlflow_experiment="sphana-sweep")
+        cli(["train", "sweep", "embedding", "--config", str(sw), "--lr", "1e-4", "--lr", "1e-3", "--name", "grid", "--log-to-mlflow"], tmp_path/"ws")
+        runs = c.search_runs([c.get_experiment_by_name("sphana-sweep").experiment_id])
+        parent = [r for r in runs if r.info.run_name == "grid"]
+        assert len(parent) == 1 and "best_ndcg_at_10" in parent[0].data.metrics
+        kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+        assert sorted(r.info.run_name for r in kids) == ["grid-trial-00", "grid-trial-01"]
     finally:
         os.killpg(srv.pid, signal.SIGTERM); srv.wait(timeout=30)

@@ -18,8 +18,8 @@ from ..core import SphanaError, Progress, atomic_write_json, get_logger, select_
 __all__ = ['TrainTask', 'RunResult', 'dist_info', 'is_main', 'barrier', 'init_distributed', 'cleanup_distributed',
            'autocast_dtype', 'make_optimizer', 'lr_factor', 'make_scheduler', 'epoch_batches', 'rng_state',
            'set_rng_state', 'list_checkpoints', 'save_checkpoint', 'prune_checkpoints', 'load_state',
-           'device_memory_mb', 'MetricsLog', 'default_tracking_uri', 'Mlflow', 'make_profiler', 'TrainingInterrupted',
-           'train', 'check_threshold']
+           'device_memory_mb', 'MetricsLog', 'default_tracking_uri', 'mlflow_setup', 'Mlflow', 'make_profiler',
+           'TrainingInterrupted', 'train', 'check_threshold']
 
 # %% ../../nbs/40_train.runtime.ipynb #aff938e9
 @dataclass
@@ -188,10 +188,22 @@ class MetricsLog:
         if not is_main(): return
         with open(self.path, "a", encoding="utf-8") as f: f.write(json.dumps(rec) + "\n")
 
-# %% ../../nbs/40_train.runtime.ipynb #bc5e3eac
+# %% ../../nbs/40_train.runtime.ipynb #23f71dae
 def default_tracking_uri() -> str:
-    "`file:<workspace>/mlruns`."
-    return ws_path("mlruns").as_uri()
+    "`sqlite:///<workspace>/mlruns/mlflow.db` (MLflow 3 keeps its file store in maintenance mode and refuses it by default)."
+    return f"sqlite:///{ws_path('mlruns')/'mlflow.db'}"
+
+def mlflow_setup(cfg):
+    "Import MLflow, point it at `cfg.mlflow_tracking_uri` (default: the workspace store) and select the experiment."
+    import mlflow
+    uri = cfg.mlflow_tracking_uri or default_tracking_uri()
+    if uri.startswith("file:") or "://" not in uri: os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # an explicit file store still works
+    mlflow.set_tracking_uri(uri)
+    if not cfg.mlflow_tracking_uri and mlflow.get_experiment_by_name(cfg.mlflow_experiment) is None:
+        try: mlflow.create_experiment(cfg.mlflow_experiment, artifact_location=(ws_path("mlruns")/"artifacts").as_uri())
+        except Exception: pass  # created meanwhile by another process
+    mlflow.set_experiment(cfg.mlflow_experiment)
+    return mlflow
 
 class Mlflow:
     "Thin MLflow wrapper: no-op unless enabled and on rank 0."
@@ -199,10 +211,7 @@ class Mlflow:
         self.on = bool(cfg.log_to_mlflow) and is_main()
         self.run, self.own = None, False
         if not self.on: return
-        import mlflow
-        self.mlflow = mlflow
-        mlflow.set_tracking_uri(cfg.mlflow_tracking_uri or default_tracking_uri())
-        mlflow.set_experiment(cfg.mlflow_experiment)
+        self.mlflow = mlflow = mlflow_setup(cfg)
         info = Path(run_dir)/"mlflow.json"
         old = json.loads(info.read_text()).get("run_id") if info.exists() else None
         active = mlflow.active_run()

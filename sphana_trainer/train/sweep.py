@@ -40,7 +40,7 @@ def _table(rows:list, metric:str) -> str:
                           f"{r['metrics'].get('recall@1', float('nan')):.4f} | {r['metrics'].get('mrr@10', float('nan')):.4f} | {r['steps']} |\n"
                           for i, r in enumerate(rows))
 
-# %% ../../nbs/42_train.sweep.ipynb #e042f961
+# %% ../../nbs/42_train.sweep.ipynb #710f15ed
 def run_sweep_embedding(cfg:EmbeddingConfig, # base config
                         lrs:list[float]|None=None, batch_sizes:list[int]|None=None, temperatures:list[float]|None=None,
                         name:str|None=None, # sweep name (default: UTC timestamp)
@@ -51,9 +51,8 @@ def run_sweep_embedding(cfg:EmbeddingConfig, # base config
     sweep_dir = artifact_root(cfg)/"sweeps"/name; sweep_dir.mkdir(parents=True, exist_ok=True)
     grid, log, parent = sweep_grid(cfg, lrs, batch_sizes, temperatures), get_logger(), None
     if cfg.log_to_mlflow:
-        import mlflow
-        from sphana_trainer.train.runtime import default_tracking_uri
-        mlflow.set_tracking_uri(cfg.mlflow_tracking_uri or default_tracking_uri()); mlflow.set_experiment(cfg.mlflow_experiment)
+        from sphana_trainer.train.runtime import mlflow_setup
+        mlflow = mlflow_setup(cfg)
         parent = mlflow.start_run(run_name=cfg.mlflow_run_name or name, nested=mlflow.active_run() is not None)
         mlflow.log_params({"sweep": name, "trials": len(grid), "lrs": str(lrs), "batch_sizes": str(batch_sizes), "temperatures": str(temperatures)})
     rows = []
