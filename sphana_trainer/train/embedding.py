@@ -69,14 +69,15 @@ def _versions() -> dict:
     import sphana_trainer; v["sphana_trainer"] = getattr(sphana_trainer, "__version__", None)
     return v
 
-# %% ../../nbs/41_train.embedding.ipynb #4b5379cd
+# %% ../../nbs/41_train.embedding.ipynb #28ae1349
 def export_onnx(ckpt:Path, out:Path, cfg:EmbeddingConfig, sample_texts:list[str], eval_pairs:list[dict]|None) -> dict|None:
     "Run `sphana_trainer.export.onnx.export_encoder` when enabled and available; its parity report (or None)."
     if not cfg.export.enabled: return None
     if importlib.util.find_spec("sphana_trainer.export") is None or importlib.util.find_spec("sphana_trainer.export.onnx") is None:
         get_logger().warning("ONNX export skipped: sphana_trainer.export.onnx is not available"); return None
     from sphana_trainer.export.onnx import export_encoder
-    return export_encoder(ckpt, out, cfg.export, sample_texts, eval_pairs=eval_pairs)
+    pairs = [(r["query"], r["positive"]) for r in eval_pairs] if eval_pairs else None
+    return export_encoder(ckpt, out, cfg.export, sample_texts, eval_pairs=pairs, max_length=cfg.max_length)
 
 # %% ../../nbs/41_train.embedding.ipynb #e83fb5ed
 @dataclass
@@ -103,7 +104,7 @@ def build_task(cfg:EmbeddingConfig, train_recs:list, val_recs:list|None):
 
 METRICS = ("ndcg@10", "recall@1", "recall@10", "mrr@10", "pos_cosine")
 
-# %% ../../nbs/41_train.embedding.ipynb #59f8c39f
+# %% ../../nbs/41_train.embedding.ipynb #bcddb3a9
 def _prepare_run(cfg, root:Path, resume) -> tuple[str, Path]:
     "Version and run folder of this run (new, or the one being resumed)."
     if resume:
@@ -130,6 +131,7 @@ def _publish(cfg, root, version, run_dir, enc, tok, res:RunResult, meta:dict, va
         src = val_recs or train_recs
         texts = list(dict.fromkeys([t for r in src for t in (r["query"], r["positive"])]))[:max(2, cfg.export.parity_samples)]
         parity = export_onnx(stage/"checkpoint", stage/"onnx", cfg, texts, val_recs)
+        if parity is not None: parity = json.loads(json.dumps(parity, default=str).replace(str(stage), str(root/version)))  # final paths
         meta = {**meta, "parity": parity, "onnx": {"model": "onnx/model.onnx", "quantized": "onnx/model.quant.onnx"} if parity is not None else None,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write_json(stage/"metadata.json", meta)
