@@ -144,7 +144,7 @@ def excluded_nodes(model, patterns:list[str]) -> list[str]:
     hit = lambda n: any(fnmatch.fnmatch(n.name, p) or fnmatch.fnmatch(node_scope(n), p) for p in patterns)
     return [n.name for n in model.graph.node if patterns and hit(n)]
 
-# %% ../../nbs/50_export.onnx.ipynb #363e7a62
+# %% ../../nbs/50_export.onnx.ipynb #360a4d42
 class _Calibration:
     "ONNX Runtime calibration reader over tokenized text batches."
     def __init__(self, tok, texts, names, max_length=256, batch_size=8):
@@ -185,10 +185,10 @@ def quantize_onnx(src:str|Path, # fp32 `model.onnx`
     return {"scheme": scheme, "excluded": ex, "seconds": round(time.perf_counter() - t0, 2)}
 
 class _quiet:
-    "Raise a logger's level for a while (the quantizers log advice at WARNING through the root logger)."
-    def __init__(self, name): self.log = logging.getLogger(name)
-    def __enter__(self): self.level = self.log.level; self.log.setLevel(logging.ERROR)
-    def __exit__(self, *a): self.log.setLevel(self.level)
+    "Silence a logger for a while: the quantizers log advice through `logging.warning`, which would also configure the root logger."
+    def __init__(self, name): self.log, self.null = logging.getLogger(name), logging.NullHandler()
+    def __enter__(self): self.level = self.log.level; self.log.setLevel(logging.ERROR); self.log.addHandler(self.null)
+    def __exit__(self, *a): self.log.setLevel(self.level); self.log.removeHandler(self.null)
 
 # %% ../../nbs/50_export.onnx.ipynb #a59c0ee2
 def retrieval_metrics(embed, pairs:list, k:int=10) -> dict: # `embed(texts) -> unit vectors`; `(query, positive)` pairs
