@@ -31,11 +31,13 @@ def test_validate_bundled_data_ok():
         assert r.returncode == 0, r.stdout + r.stderr
 
 def test_bad_config_key_one_line_error(tmp_path):
-    cfg = tmp_path/"e.yaml"; cfg.write_text("epochs: 1\nbatch_szie: 4\n")
-    code = ("from sphana_trainer.config import load_config; import sys\n"
-            f"load_config({str(cfg)!r}, 'embedding')")
-    r = run(sys.executable, "-c", code)
-    assert r.returncode != 0 and "e.yaml:2: unknown key 'batch_szie'; did you mean 'batch_size'?" in r.stderr
+    for cmd, text, key, right in ((["train", "embedding"], "epochs: 1\nbatch_szie: 4\n", "batch_szie", "batch_size"),
+                                  (["ingest"], "chunk_size: 64\nchunk_overlab: 8\n", "chunk_overlab", "chunk_overlap")):
+        cfg = tmp_path/"c.yaml"; cfg.write_text(text)
+        r = run(str(BIN/"sphana-trainer"), *cmd, "--config", str(cfg))
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == f"error: {cfg}:2: unknown key '{key}'; did you mean '{right}'?", r.stderr
+        assert "Traceback" not in r.stderr
 
 def test_stats_json():
     r = run(str(BIN/"sphana-trainer"), "dataset-stats", str(ROOT/"sphana_trainer/sample_data/relation/train.jsonl"))
