@@ -21,7 +21,7 @@ class StrictModel(BaseModel):
     "Base for all configs: unknown keys are rejected."
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
 
-# %% ../nbs/01_config.ipynb #74437499
+# %% ../nbs/01_config.ipynb #879ebf4e
 class ExportConfig(StrictModel):
     "How a trained model is exported to ONNX and checked."
     enabled: bool = True                     # export ONNX after training
@@ -29,6 +29,7 @@ class ExportConfig(StrictModel):
     quantize: bool = True                    # also write an int8 model
     quantization: Literal["dynamic", "dynamic_per_channel", "static_qdq", "blockwise_int8"] = "dynamic_per_channel"  # int8 scheme (see export.onnx)
     quantize_exclude: list[str] = ["*.layer.0.output.dense"]  # node-name / module patterns kept in fp32 (fnmatch)
+    fuse_for_int8: bool = True               # quantize a graph fused by ONNX Runtime's transformer optimizer (faster int8)
     calibration_samples: int = 64            # samples for static quantization
     parity_samples: int = 32                 # held-back samples for the parity report
     max_abs_diff: float = 1e-3               # fp32 gate: max |onnx - torch|

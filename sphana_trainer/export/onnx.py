@@ -16,8 +16,8 @@ from ..config import ExportConfig
 # %% auto #0
 __all__ = ['FALLBACK_TEXTS', 'PooledEncoder', 'takes_token_types', 'load_checkpoint', 'input_names', 'example_inputs',
            'save_onnx', 'export_onnx', 'OnnxEncoder', 'node_scope', 'excluded_nodes', 'quantize_onnx',
-           'retrieval_metrics', 'cosines', 'torch_encode', 'throughput', 'parity_report', 'gate_failures',
-           'export_encoder']
+           'fused_fp32_graph', 'retrieval_metrics', 'cosines', 'torch_encode', 'throughput', 'parity_report',
+           'gate_failures', 'export_encoder']
 
 # %% ../../nbs/50_export.onnx.ipynb #058ae41b
 class PooledEncoder(nn.Module):
@@ -144,7 +144,7 @@ def excluded_nodes(model, patterns:list[str]) -> list[str]:
     hit = lambda n: any(fnmatch.fnmatch(n.name, p) or fnmatch.fnmatch(node_scope(n), p) for p in patterns)
     return [n.name for n in model.graph.node if patterns and hit(n)]
 
-# %% ../../nbs/50_export.onnx.ipynb #360a4d42
+# %% ../../nbs/50_export.onnx.ipynb #a79c61c4
 class _Calibration:
     "ONNX Runtime calibration reader over tokenized text batches."
     def __init__(self, tok, texts, names, max_length=256, batch_size=8):
@@ -168,7 +168,8 @@ def quantize_onnx(src:str|Path, # fp32 `model.onnx`
         single, out = Path(td)/"model.onnx", Path(td)/"model.quant.onnx"
         onnx.save_model(model, str(single))
         if scheme in ("dynamic", "dynamic_per_channel"):
-            quantize_dynamic(str(single), str(out), weight_type=QuantType.QInt8, per_channel=scheme == "dynamic_per_channel", nodes_to_exclude=ex)
+            quantize_dynamic(str(single), str(out), weight_type=QuantType.QInt8, per_channel=scheme == "dynamic_per_channel", nodes_to_exclude=ex,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused graphs lack some value types
         elif scheme == "static_qdq":
             if tok is None or not calibration_texts: raise SphanaError("export.quantization 'static_qdq' needs calibration texts; pass sample texts or choose 'dynamic_per_channel'")
             names = [i.name for i in model.graph.input]
@@ -190,7 +191,28 @@ class _quiet:
     def __enter__(self): self.level = self.log.level; self.log.setLevel(logging.ERROR); self.log.addHandler(self.null)
     def __exit__(self, *a): self.log.setLevel(self.level); self.log.removeHandler(self.null)
 
-# %% ../../nbs/50_export.onnx.ipynb #a59c0ee2
+# %% ../../nbs/50_export.onnx.ipynb #d3cbb516
+def fused_fp32_graph(enc:PooledEncoder, tok, path:str|Path, # where to write the fused fp32 graph
+                     opset:int=17, texts:list[str]|None=None) -> Path|None:
+    "Export `enc` with eager attention (TorchScript) and apply ORT's BERT fusions; None when that is not possible."
+    from onnxruntime.transformers.optimizer import optimize_model
+    bb, c = enc.backbone, enc.backbone.config
+    old = getattr(c, "_attn_implementation", None)
+    try:
+        if hasattr(bb, "set_attn_implementation"): bb.set_attn_implementation("eager")
+        export_onnx(enc, tok, path, opset, texts, exporter="torchscript")
+        with warnings.catch_warnings(), _quiet("root"), _quiet("onnxruntime.transformers"):
+            warnings.simplefilter("ignore")
+            opt = optimize_model(str(path), model_type="bert", num_heads=int(c.num_attention_heads), hidden_size=int(c.hidden_size), opt_level=2)
+        save_onnx(opt.model, path)
+        return Path(path)
+    except Exception as e:
+        get_logger().warning(f"fused int8 source graph not built ({type(e).__name__}: {str(e)[:200]}); quantizing the plain graph")
+        return None
+    finally:
+        if old and hasattr(bb, "set_attn_implementation"): bb.set_attn_implementation(old)
+
+# %% ../../nbs/50_export.onnx.ipynb #e140d439
 def retrieval_metrics(embed, pairs:list, k:int=10) -> dict: # `embed(texts) -> unit vectors`; `(query, positive)` pairs
     "NDCG@k and MRR@k of retrieving each distinct query's positives among all distinct passages of `pairs`."
     qs, ps = list(dict.fromkeys(q for q, _ in pairs)), list(dict.fromkeys(p for _, p in pairs))
@@ -209,7 +231,7 @@ def cosines(a:np.ndarray, b:np.ndarray) -> np.ndarray:
     "Row-wise cosine similarity."
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)).clip(1e-12)
 
-# %% ../../nbs/50_export.onnx.ipynb #0592bd56
+# %% ../../nbs/50_export.onnx.ipynb #c10d3df5
 def torch_encode(enc:PooledEncoder, tok, texts:list[str], batch_size:int=32, max_length:int=256) -> np.ndarray:
     "Embeddings of `texts` with the PyTorch module (length-sorted batches, input order kept)."
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i])); out = [None] * len(texts)
@@ -227,7 +249,7 @@ def throughput(encode, texts:list[str], repeats:int=2) -> float:
         t = time.perf_counter(); encode(texts); best = min(best, time.perf_counter() - t)
     return round(len(texts) / best, 2)
 
-# %% ../../nbs/50_export.onnx.ipynb #e26f82ea
+# %% ../../nbs/50_export.onnx.ipynb #6b470d0b
 def parity_report(enc:PooledEncoder, tok, onnx_path:str|Path, # the PyTorch module and the fp32 ONNX model
                   quant_path:str|Path|None, # the int8 model (or None)
                   texts:list[str], # held-back texts
@@ -264,7 +286,7 @@ def gate_failures(rep:dict, cfg:ExportConfig) -> list[str]:
     if "ndcg@10_drop" in i and i["ndcg@10_drop"] > cfg.max_metric_drop_int8: f.append(f"int8 NDCG@10 drop {i['ndcg@10_drop']:.4f} > max_metric_drop_int8 {cfg.max_metric_drop_int8:g}")
     return f
 
-# %% ../../nbs/50_export.onnx.ipynb #096db3e8
+# %% ../../nbs/50_export.onnx.ipynb #e9b08067
 FALLBACK_TEXTS = ["what is the boundary layer on a flat plate", "heat transfer in supersonic flow", "a cat sat on the mat",
                   "the wing lift increases with the angle of attack", "how are shock waves formed", "the sky is blue"]
 
@@ -287,7 +309,10 @@ def export_encoder(checkpoint_dir:str|Path, # Hugging Face folder of the trained
     qinfo = None
     if cfg.quantize:
         log.info(f"Quantizing to int8 ({cfg.quantization}, fp32 kept for {cfg.quantize_exclude})")
-        qinfo = quantize_onnx(out/"model.onnx", out/"model.quant.onnx", cfg.quantization, cfg.quantize_exclude, tok, calib)
+        with tempfile.TemporaryDirectory(dir=out) as td:
+            fused = fused_fp32_graph(enc, tok, Path(td)/"fused.onnx", 17, parity) if cfg.fuse_for_int8 and cfg.quantization.startswith("dynamic") else None
+            qinfo = quantize_onnx(fused or out/"model.onnx", out/"model.quant.onnx", cfg.quantization, cfg.quantize_exclude, tok, calib)
+        qinfo["fused"] = fused is not None
     else: (out/"model.quant.onnx").unlink(missing_ok=True)
     rep = parity_report(enc, tok, out/"model.onnx", out/"model.quant.onnx" if cfg.quantize else None, parity, cfg, eval_pairs, max_length=max_length, speed=speed)
     rep = {"export": info, "quantization": qinfo, "inputs": input_names(enc), "output": "sentence_embedding",
