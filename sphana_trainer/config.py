@@ -6,40 +6,62 @@
 from __future__ import annotations
 import difflib, os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from .core import SphanaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+from .core import SphanaError, get_logger
 
 # %% auto #0
 __all__ = ['COMPONENTS', 'StrictModel', 'ExportConfig', 'TrainConfig', 'EmbeddingConfig', 'RelationConfig', 'GnnConfig',
-           'NerConfig', 'LlmConfig', 'IngestConfig', 'config_from_dict', 'load_config', 'sample_data_dir',
-           'resolve_path', 'dataset_files']
+           'NerConfig', 'LlmConfig', 'IngestConfig', 'suggest_key', 'config_from_dict', 'load_config',
+           'sample_data_dir', 'resolve_path', 'dataset_files']
 
 # %% ../nbs/01_config.ipynb #80cc0cce
 class StrictModel(BaseModel):
-    "Base for all configs: unknown keys are rejected."
+    "Base for all configs: unknown keys are rejected; `key_aliases` maps other names of a key to the field."
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+    key_aliases: ClassVar[dict] = {}   # other name -> field name (merged along the class hierarchy)
+
+    @classmethod
+    def all_aliases(cls) -> dict:
+        "The other names of keys of this class and its bases."
+        out = {}
+        for k in reversed(cls.__mro__): out.update(k.__dict__.get("key_aliases", {}))
+        return out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_aliases(cls, data):
+        if not isinstance(data, dict) or not (al := cls.all_aliases()).keys() & data.keys(): return data
+        data = dict(data)
+        for a, f in al.items():
+            if a not in data: continue
+            if f in data: raise PydanticCustomError("alias_conflict", "'{key}' and '{field}' are the same setting; keep one",
+                                                    {"key": a, "field": f})
+            data[f] = data.pop(a)
+        return data
 
 # %% ../nbs/01_config.ipynb #879ebf4e
 class ExportConfig(StrictModel):
     "How a trained model is exported to ONNX and checked."
     enabled: bool = True                     # export ONNX after training
-    opset: int = 18                          # ONNX opset
+    opset: int = Field(18, ge=7)             # ONNX opset
     quantize: bool = True                    # also write an int8 model
     quantization: Literal["dynamic", "dynamic_per_channel", "static_qdq", "blockwise_int8"] = "dynamic_per_channel"  # int8 scheme (see export.onnx)
     quantize_exclude: list[str] = ["*.layer.0.output.dense"]  # node-name / module patterns kept in fp32 (fnmatch)
     fuse_for_int8: bool = True               # quantize a graph fused by ONNX Runtime's transformer optimizer (faster int8)
-    calibration_samples: int = 64            # samples for static quantization
-    parity_samples: int = 32                 # held-back samples for the parity report
-    max_abs_diff: float = 1e-3               # fp32 gate: max |onnx - torch|
-    min_cosine_fp32: float = 0.99            # fp32 gate: min cosine vs torch (< 1% drift)
-    min_cosine_int8: float = 0.99            # int8 gate: min cosine vs fp32
-    max_metric_drop_int8: float = 0.02       # int8 gate: allowed drop of the retrieval metric
+    calibration_samples: int = Field(64, ge=1)  # samples for static quantization
+    parity_samples: int = Field(32, ge=0)    # held-back samples for the parity report
+    max_abs_diff: float = Field(1e-3, gt=0)  # fp32 gate: max |onnx - torch|
+    min_cosine_fp32: float = Field(0.99, ge=0, le=1)  # fp32 gate: min cosine vs torch (< 1% drift)
+    min_cosine_int8: float = Field(0.99, ge=0, le=1)  # int8 gate: min cosine vs fp32
+    max_metric_drop_int8: float = Field(0.02, ge=0, le=1)  # int8 gate: allowed drop of the retrieval metric
 
 # %% ../nbs/01_config.ipynb #2bd835da
 class TrainConfig(StrictModel):
     "Knobs shared by every trainable component."
+    key_aliases = {"max_seq_length": "max_length"}
     component: str = ""                      # set by each subclass
     version: Optional[str] = None            # artifact version; default: a UTC timestamp
     model_name: str = "sentence-transformers/all-MiniLM-L6-v2"  # hub id or local path of the base model
@@ -48,37 +70,37 @@ class TrainConfig(StrictModel):
     validation_file: Optional[str] = None    # overrides `<dataset_path>/validation.jsonl`
     output_dir: Optional[str] = None         # default: `<workspace>/artifacts/<component>`
     seed: int = 42
-    epochs: int = 1
-    max_steps: Optional[int] = None          # stop after this many optimizer steps
-    batch_size: int = 16
-    grad_accum_steps: int = 1
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    epochs: int = Field(1, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1)  # stop after this many optimizer steps
+    batch_size: int = Field(16, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)  # share of the steps spent warming up the learning rate
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: Optional[float] = 1.0
-    max_length: int = 128                    # max tokens per text
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    max_length: int = Field(128, ge=2)       # max tokens per text (also `max_seq_length`)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     ddp: bool = False                        # DistributedDataParallel under torchrun
-    eval_every_steps: Optional[int] = None   # evaluate every N steps (default: every epoch)
-    early_stopping_patience: Optional[int] = None  # evaluations without improvement before stopping
+    eval_every_steps: Optional[int] = Field(None, ge=1)  # evaluate every N steps (default: every epoch)
+    early_stopping_patience: Optional[int] = Field(None, ge=1)  # evaluations without improvement before stopping
     metric_threshold: Optional[float] = None # refuse to publish when the validation metric is below this
-    checkpoint_keep: int = 2                 # keep the best and the last N checkpoints
+    checkpoint_keep: int = Field(2, ge=0)    # keep the best and the last N checkpoints
     log_to_mlflow: bool = False
     mlflow_tracking_uri: Optional[str] = None  # default: `<workspace>/mlruns`
     mlflow_experiment: str = "sphana-trainer"
     mlflow_run_name: Optional[str] = None
-    profile_steps: int = 0                   # >0: write a torch profiler trace of this many steps
-    progress_log_interval: float = 10        # log a progress line every this many percent
-    num_workers: int = 0                     # DataLoader workers
+    profile_steps: int = Field(0, ge=0)      # >0: write a torch profiler trace of this many steps
+    progress_log_interval: float = Field(10, ge=0, le=100)  # log a progress line every this many percent (0 = off)
+    num_workers: int = Field(0, ge=0)        # DataLoader workers
     export: ExportConfig = ExportConfig()
 
 # %% ../nbs/01_config.ipynb #cdfc74cd
 class EmbeddingConfig(TrainConfig):
     "Dense sentence encoder trained with a contrastive (InfoNCE) loss."
     component: Literal["embedding"] = "embedding"
-    temperature: float = 0.05                # softmax temperature of the contrastive loss
+    temperature: float = Field(0.05, gt=0)   # softmax temperature of the contrastive loss
     learn_temperature: bool = False          # make the temperature a trained parameter
     symmetric_loss: bool = False             # also score positive -> query
     mask_false_negatives: bool = True        # in-batch duplicates do not count as negatives
@@ -117,35 +139,44 @@ class LlmConfig(TrainConfig):
     "Small causal LM fine-tuned for answer synthesis."
     component: Literal["llm"] = "llm"
     model_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    max_length: int = 512
-    learning_rate: float = 5e-5
+    max_length: int = Field(512, ge=2)
+    learning_rate: float = Field(5e-5, gt=0)
+    quantize: bool = True                    # quantize the published model for inference
     metric: str = "eval_loss"
 
 # %% ../nbs/01_config.ipynb #6ce29a97
 class IngestConfig(StrictModel):
     "Document ingestion: chunking, parsing, relation extraction."
+    key_aliases = {"input_dir": "input", "input_path": "input", "input_file": "input"}
     component: Literal["ingest"] = "ingest"
     version: Optional[str] = None
-    input: str = "sample:docs.jsonl"         # JSONL file or folder of .txt/.md/.json/.jsonl
+    input: str = "sample:docs.jsonl"         # JSONL file or folder of .txt/.md/.json/.jsonl (also `input_dir`)
     input_encoding: Optional[str] = None     # encoding of the input files (default UTF-8; e.g. cp1252 for legacy files)
     output_dir: Optional[str] = None         # default: `<workspace>/ingest`
     cache_dir: Optional[str] = None          # default: `<workspace>/cache`
     tokenizer: str = "sentence-transformers/all-MiniLM-L6-v2"  # counts chunk tokens
-    chunk_size: int = 256                    # tokens per chunk
-    chunk_overlap: int = 32                  # tokens shared by neighbouring chunks
+    chunk_size: int = Field(256, ge=8)                   # tokens per chunk
+    chunk_overlap: int = Field(32, ge=0)                 # tokens shared by neighbouring chunks
     parser: Literal["simple", "spacy", "stanza"] = "simple"
     spacy_model: str = "en_core_web_sm"
     stanza_lang: str = "en"
     relation_model: Optional[str] = None     # HF model used to classify candidate relations (zero-shot NLI)
     relation_labels: list[str] = []          # label set for the relation model
-    relation_threshold: float = 0.5          # minimum confidence kept
-    relation_max_length: int = 256
-    batch_size: int = 32
-    n_process: int = 1                       # spaCy worker processes
+    relation_threshold: float = Field(0.5, ge=0, le=1)         # minimum confidence kept
+    relation_max_length: int = Field(256, ge=8)
+    batch_size: int = Field(32, ge=1)
+    n_process: int = Field(1, ge=1)                      # spaCy worker processes
     device: str = "auto"
     use_cache: bool = True
-    progress_log_interval: float = 10
+    progress_log_interval: float = Field(10, ge=0, le=100)  # log a progress line every this many percent (0 = off)
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _check_overlap(self):
+        if self.chunk_overlap >= self.chunk_size:
+            raise PydanticCustomError("overlap", "must be smaller than chunk_size ({size}); e.g. 12-15% of it",
+                                      {"key": "chunk_overlap", "size": self.chunk_size})
+        return self
 
 # %% ../nbs/01_config.ipynb #38308e7c
 COMPONENTS = {"embedding": EmbeddingConfig, "relation": RelationConfig, "gnn": GnnConfig,
@@ -171,31 +202,72 @@ def _model_at(model, loc):
         model = f.annotation
     return model
 
+# %% ../nbs/01_config.ipynb #24db2093
+_OPPOSITES = [("input", "output"), ("train", "validation"), ("train", "val"), ("min", "max"), ("source", "target"),
+              ("src", "dst"), ("start", "end"), ("enable", "disable"), ("encoder", "decoder"), ("query", "positive"),
+              ("positive", "negative"), ("chunks", "relations"), ("read", "write"), ("load", "save")]
+
+def _opposed(a:str, b:str) -> bool:
+    "True when keys `a` and `b` differ by words of opposite meaning (e.g. `input_dir` / `output_dir`)."
+    wa, wb = set(a.lower().split("_")), set(b.lower().split("_"))
+    return any((x in wa and y in wb) or (y in wa and x in wb) for x, y in _OPPOSITES)
+
+def suggest_key(key:str, model) -> str|None:
+    "The closest known key (field or other name) of `model` to the unknown `key`, unless it would change the meaning."
+    names = [n for n in [*model.model_fields, *model.all_aliases()] if n != "component"]
+    return next((c for c in difflib.get_close_matches(key, names, n=5, cutoff=0.5) if not _opposed(key, c)), None)
+
+# %% ../nbs/01_config.ipynb #77367c6f
 def _explain(err:ValidationError, model, src:str, lines:dict) -> str:
     "One readable message per validation error, naming file, line, key and fix."
     msgs = []
     for e in err.errors():
-        loc = tuple(str(x) for x in e["loc"]); key = ".".join(loc)
+        loc = tuple(str(x) for x in e["loc"])
+        ctx = e.get("ctx") or {}
+        if "key" in ctx: loc += (ctx["key"],)     # a check of the whole block that is about one key
+        if loc and loc not in lines:              # the user wrote the key under its other name
+            other = [a for a, f in _model_at(model, loc[:-1]).all_aliases().items() if f == loc[-1] and loc[:-1] + (a,) in lines]
+            if other: loc = loc[:-1] + (other[0],)
+        key = ".".join(loc)
         where = f"{src}:{lines[loc]}" if loc in lines else src
         if e["type"] == "extra_forbidden":
             parent = _model_at(model, loc[:-1])
-            close = difflib.get_close_matches(loc[-1], list(parent.model_fields), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(parent.model_fields)}"
+            close = suggest_key(loc[-1], parent)
+            hint = f"; did you mean '{close}'?" if close else f"; valid keys: {', '.join(parent.model_fields)}"
             msgs.append(f"{where}: unknown key '{key}'{hint}")
+        elif "key" in ctx: msgs.append(f"{where}: key '{key}': {e['msg']}")
         else: msgs.append(f"{where}: key '{key}': {e['msg']} (got {e.get('input')!r})")
     return "\n".join(msgs)
 
 # %% ../nbs/01_config.ipynb #5d2df437
-def config_from_dict(data:dict, component:str, src:str="<config>", text:str="") -> StrictModel:
+def _unwrap(data:dict, component:str, lines:dict, src:str) -> tuple[dict, dict]:
+    "A config nested under its component's name (`llm: {model_name: ...}`) is read as if its keys were at the top level."
+    block = data.get(component)
+    if not isinstance(block, dict) or component in COMPONENTS[component].model_fields: return data, lines
+    rest = {k: v for k, v in data.items() if k != component}
+    for k in block:
+        if k in rest: raise SphanaError(f"{src}:{lines.get((component, k), '?')}: key '{k}' is set both at the top level "
+                                        f"(line {lines.get((k,), '?')}) and under '{component}:'; keep one")
+    inner = {p[1:]: n for p, n in lines.items() if p[:1] == (component,) and len(p) > 1}
+    return {**rest, **block}, {**lines, **inner}
+
+def config_from_dict(data:dict, component:str, src:str="<config>", text:str="",
+                     overrides:dict|None=None, # values that win over `data` (e.g. from CLI flags)
+                    ) -> StrictModel:
     "Validate `data` as the config of `component`; errors name `src`, the line and the key."
     if component not in COMPONENTS: raise SphanaError(f"unknown component {component!r}; use one of {', '.join(COMPONENTS)}")
-    data = dict(data or {})
+    data, lines = _unwrap(dict(data or {}), component, _key_lines(text), src)
     declared = data.get("component")
     if declared is not None and declared != component:
         raise SphanaError(f"{src}: this is a '{declared}' config, but it was given to '{component}'; pass a {component} config")
     model = COMPONENTS[component]
+    for k, v in (overrides or {}).items():
+        if v is None: continue
+        for a, f in model.all_aliases().items():   # a flag wins over the same setting under its other name
+            if f == k: data.pop(a, None)
+        data[k] = v
     try: return model.model_validate(data)
-    except ValidationError as e: raise SphanaError(_explain(e, model, src, _key_lines(text))) from None
+    except ValidationError as e: raise SphanaError(_explain(e, model, src, lines)) from None
 
 def load_config(path:str|Path, # YAML file
                 component:str, # one of `COMPONENTS`
@@ -208,8 +280,7 @@ def load_config(path:str|Path, # YAML file
     try: data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e: raise SphanaError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict): raise SphanaError(f"{path}: expected a mapping of keys to values at the top level")
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return config_from_dict(data, component, str(path), text)
+    return config_from_dict(data, component, str(path), text, overrides)
 
 # %% ../nbs/01_config.ipynb #e732017e
 def sample_data_dir() -> Path:
@@ -223,14 +294,25 @@ def resolve_path(p:str|Path|None) -> Path|None:
     s = str(p)
     return sample_data_dir()/s[len("sample:"):] if s.startswith("sample:") else Path(s).expanduser()
 
+def _has_records(path:Path) -> bool:
+    "True when `path` has a non-blank line."
+    with open(path, "rb") as f: return any(line.strip() for line in f)
+
+# %% ../nbs/01_config.ipynb #c82b002b
 def dataset_files(cfg:TrainConfig) -> tuple[Path, Path|None]:
-    "The train file and the validation file (None when absent) a training config points at."
+    "The train file and the validation file (None when missing or empty: training without validation) a config points at."
     base = resolve_path(cfg.dataset_path)
     train = resolve_path(cfg.train_file) or (base/"train.jsonl" if base else None)
     val = resolve_path(cfg.validation_file) or (base/"validation.jsonl" if base else None)
     if train is None: raise SphanaError(f"{cfg.component} config: set 'dataset_path' (a folder with train.jsonl) or 'train_file'")
     if not train.is_file(): raise SphanaError(f"{cfg.component} config: training file {train} not found; fix 'dataset_path' or 'train_file'")
-    if val is not None and not val.is_file():
-        if cfg.validation_file: raise SphanaError(f"{cfg.component} config: validation file {val} not found; fix 'validation_file'")
-        val = None
-    return train, val
+    if val is not None and not val.is_file() and cfg.validation_file:
+        raise SphanaError(f"{cfg.component} config: validation file {val} not found; fix 'validation_file'")
+    why = ("no validation file (set 'validation_file' or 'dataset_path')" if val is None else
+           f"{val} not found" if not val.is_file() else f"{val} is empty" if not _has_records(val) else None)
+    if why is None: return train, val
+    if cfg.metric_threshold is not None:
+        raise SphanaError(f"{cfg.component} config: 'metric_threshold' is set but there is no validation data ({why}); "
+                          "add validation records or remove 'metric_threshold'")
+    get_logger().warning(f"{cfg.component}: training without validation: {why}")
+    return train, None
