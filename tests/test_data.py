@@ -155,3 +155,18 @@ def test_pipeline_output_builds(tmp_path):
     for kind in res.counts:
         for f in res.files(kind):
             rep = validate_jsonl(f, kind); assert rep.ok, rep.lines()[:3]
+
+def test_val_ratio_zero_writes_no_validation(tmp_path):
+    "--val-ratio 0: no validation.jsonl at all (an empty one used to be written), for both builders."
+    ex, bx = write_example_ingest(tmp_path/"ingest"), write_example_beir(tmp_path/"beir")
+    for cmd, src, kinds in (("dataset-build-from-ingest", ex, {"embedding", "relation", "gnn", "ner"}),
+                            ("dataset-build-from-beir", bx, {"embedding", "gnn"})):
+        out = tmp_path/cmd
+        r = run(cmd, src, "--output-dir", out, "--val-ratio", "0.25")
+        assert r.returncode == 0, r.stderr
+        assert {p.parent.name for p in out.rglob("validation.jsonl")} == kinds   # a first build with validation
+        r = run(cmd, src, "--output-dir", out, "--val-ratio", "0")
+        assert r.returncode == 0, r.stderr
+        assert sorted(out.rglob("validation.jsonl")) == [], r.stdout              # none written, the old ones removed
+        assert {p.parent.name for p in out.rglob("train.jsonl")} == kinds
+        assert "0 validation" in r.stdout

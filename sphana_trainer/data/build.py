@@ -482,12 +482,16 @@ def load_extra(path:str|Path|None, # JSONL file of extra records, or None
     return list(iter_jsonl(path))
 
 def write_splits(output_dir:Path, kind:str, splits:dict, seed:int, extra:list=()) -> dict:
-    "Shuffle each split with the seed, append `extra` to train, write both files atomically; return the counts."
+    "Shuffle each split with the seed, append `extra` to train, write the files atomically; return the counts."
     counts = {}
     for name in ("train", "validation"):
         recs = list(splits.get(name, [])); random.Random(f"{seed}:{kind}:{name}:order").shuffle(recs)
         if name == "train": recs += list(extra)
-        counts[name] = write_jsonl(output_dir/kind/f"{name}.jsonl", recs)
+        f = output_dir/kind/f"{name}.jsonl"
+        if name == "validation" and not recs:   # no validation split: no file (and none left from an earlier build)
+            f.unlink(missing_ok=True); counts[name] = 0
+            get_logger().info(f"{kind}: no validation records; {f.name} not written"); continue
+        counts[name] = write_jsonl(f, recs)
         if not counts[name]: get_logger().warning(f"{kind}/{name}.jsonl is empty; add documents or lower --val-ratio / --min-confidence")
     return counts
 
