@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #fe586a62
 from __future__ import annotations
-import hashlib, json, logging, math, os, random, sys, tempfile, time
+import hashlib, json, logging, math, os, random, re, socket, stat, sys, tempfile, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 # %% auto #0
-__all__ = ['WORKSPACE_DIRS', 'SphanaError', 'get_logger', 'workspace', 'ws_path', 'atomic_open', 'atomic_write',
-           'atomic_write_json', 'write_jsonl', 'iter_jsonl', 'fingerprint', 'seed_everything', 'select_device',
-           'fmt_duration', 'in_notebook', 'Progress']
+__all__ = ['QUIET_LOGGERS', 'WORKSPACE_DIRS', 'SphanaError', 'get_logger', 'verbose_requested', 'set_verbose', 'workspace',
+           'ws_path', 'current_umask', 'atomic_open', 'atomic_write', 'atomic_write_json', 'write_jsonl',
+           'remove_stale_temps', 'iter_jsonl', 'fingerprint', 'seed_everything', 'select_device', 'fmt_duration',
+           'in_notebook', 'Progress']
 
 # %% ../nbs/00_core.ipynb #c7750a0f
 class SphanaError(Exception):
@@ -29,6 +30,27 @@ def get_logger(name="sphana_trainer"):
         log.addHandler(h)
         log.setLevel(logging.INFO)
     return log
+
+# %% ../nbs/00_core.ipynb #79ade8c4
+QUIET_LOGGERS = ("transformers", "torch", "onnxruntime", "onnxscript", "urllib3", "filelock", "huggingface_hub",
+                 "datasets", "mlflow", "alembic", "stanza", "spacy", "matplotlib", "PIL")
+
+def verbose_requested(env=None) -> bool:
+    "True when `SPHANA_VERBOSE` is set to 1/true/yes/on."
+    return str((os.environ if env is None else env).get("SPHANA_VERBOSE", "")).strip().lower() in ("1", "true", "yes", "on")
+
+def set_verbose(verbose:bool|None=None, # None: follow `SPHANA_VERBOSE`
+               ) -> bool:
+    "Verbose: DEBUG logs and every warning. Quiet: INFO logs, third-party warnings and chatter hidden."
+    verbose = verbose_requested() if verbose is None else bool(verbose)
+    os.environ["SPHANA_VERBOSE"] = "1" if verbose else "0"
+    get_logger().setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in QUIET_LOGGERS: logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+    warnings.filters[:] = [f for f in warnings.filters if f[0:1] != ("ignore",) or f[2] is not Warning]
+    if not verbose:
+        warnings.filterwarnings("ignore", category=Warning)
+        warnings.filterwarnings("default", category=Warning, module="sphana_trainer")
+    return verbose
 
 # %% ../nbs/00_core.ipynb #8275ceb1
 WORKSPACE_DIRS = ("artifacts", "datasets", "ingest", "cache", "logs", "mlruns", "manifests")
@@ -48,12 +70,27 @@ def ws_path(kind:str, *parts, root=None) -> Path:
     return workspace(root).joinpath(kind, *parts)
 
 # %% ../nbs/00_core.ipynb #0f47969f
+def current_umask() -> int:
+    "The process umask (from /proc when available: `os.umask` has to change it to read it)."
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"): return int(line.split()[1], 8)
+    except (OSError, ValueError): pass
+    m = os.umask(0o022); os.umask(m); return m
+
+def _host() -> str: return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+def _tmp_prefix(name:str) -> str: return f".{name}.{os.getpid()}@{_host()}."
+
 @contextmanager
 def atomic_open(path:str|Path, mode:str="w", encoding:str|None="utf-8"):
-    "Open a temp file beside `path`; on clean exit it replaces `path`, on error it is removed."
+    "Open a temp file beside `path`; on clean exit it replaces `path` (with `open`'s permissions), on error it is removed."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try: perm = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError: perm = 0o666 & ~current_umask()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path.name), suffix=".tmp")
     try:
+        os.fchmod(fd, perm)
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
@@ -61,6 +98,7 @@ def atomic_open(path:str|Path, mode:str="w", encoding:str|None="utf-8"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
 
+# %% ../nbs/00_core.ipynb #da46e021
 def atomic_write(path:str|Path, data:str|bytes) -> Path:
     "Write `data` (text or bytes) to `path` atomically."
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f: f.write(data)
@@ -76,6 +114,29 @@ def write_jsonl(path:str|Path, records:Iterable[dict]) -> int:
     with atomic_open(path) as f:
         for r in records: f.write(json.dumps(r, ensure_ascii=False) + "\n"); n += 1
     return n
+
+# %% ../nbs/00_core.ipynb #9a2ab3b6
+def _pid_alive(pid:int) -> bool:
+    if pid == os.getpid(): return True
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True     # someone else's live process
+    except OSError: return True
+    return True
+
+def remove_stale_temps(folder:str|Path, # where the targets of `atomic_open` live
+                       name:str|None=None, # only the temporaries of this target file (default: all)
+                      ) -> list[Path]:
+    "Remove the temporary files of `atomic_open` in `folder` whose writer (a process on this host) is gone."
+    folder, gone = Path(folder), []
+    if not folder.is_dir(): return gone
+    pat = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.[^.]+\.tmp")
+    for p in folder.glob(f".{name or '*'}.*.tmp"):
+        m = pat.fullmatch(p.name)
+        if not m or (name and m["name"] != name) or m["host"] != _host() or _pid_alive(int(m["pid"])): continue
+        try: p.unlink(); gone.append(p)
+        except FileNotFoundError: pass
+    return gone
 
 # %% ../nbs/00_core.ipynb #174eff0c
 def iter_jsonl(path:str|Path, # a `.jsonl` file

@@ -113,3 +113,35 @@ def test_cache_models_offline_message(tmp_path):
     assert lines[0].startswith("ok   spacy en_core_web_sm")
     assert lines[1].startswith("FAIL stanza en: download failed") and "STANZA_RESOURCES_DIR" in lines[1]
     assert lines[2].startswith("FAIL hf facebook/bart-large-mnli: download failed") and "hf download facebook/bart-large-mnli" in lines[2]
+
+@needs_parsers
+def test_sigkill_leftovers_removed_on_next_run(tmp_path):
+    "kill -9 mid-ingest leaves .chunks.jsonl.*.tmp / .relations.jsonl.*.tmp; the next run removes them."
+    import signal, time
+    docs = tmp_path/"docs.jsonl"
+    with open(docs, "w") as f:
+        for i in range(3000):
+            f.write(json.dumps({"id": f"d{i}", "title": f"Doc {i}", "text": f"Ada Lovelace wrote note {i} about the engine. "
+                                "Charles Babbage designed the Analytical Engine in London. " * 4}) + "\n")
+    out = tmp_path/"out"
+    cfg = write_cfg(tmp_path/"k.yaml", input=docs, output_dir=out, cache_dir=tmp_path/"cache", parser="simple", progress_log_interval=0)
+    p = subprocess.Popen([str(BIN/"sphana-trainer"), "ingest", "--config", str(cfg)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and p.poll() is None:
+            tmps = list(out.glob(".*.tmp")) if out.is_dir() else []
+            if len(tmps) >= 2 and all(t.stat().st_size > 0 for t in tmps): break
+            time.sleep(0.05)
+        assert p.poll() is None, "ingest finished before it could be killed; make the input larger"
+        os.kill(p.pid, signal.SIGKILL); p.wait()
+    finally:
+        if p.poll() is None: p.kill(); p.wait()
+    left = sorted(t.name for t in out.glob(".*.tmp"))
+    assert any(n.startswith(".chunks.jsonl.") for n in left) and any(n.startswith(".relations.jsonl.") for n in left), left
+    assert not (out/"chunks.jsonl").exists()
+    r = cli("ingest", "--config", cfg)
+    assert r.returncode == 0, r.stderr
+    assert sorted(t.name for t in out.glob(".*.tmp")) == [], sorted(out.iterdir())
+    assert "left by an interrupted run" in r.stderr
+    assert sum(1 for _ in open(out/"chunks.jsonl")) > 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 import sphana_trainer
 from ..core import (SphanaError, Progress, atomic_open, atomic_write, atomic_write_json, fingerprint,
-                                 get_logger, ws_path)
+                                 get_logger, remove_stale_temps, ws_path)
 from ..config import IngestConfig, resolve_path
 from .text import Document, chunk_text, iter_documents, load_tokenizer, normalize_text
 
@@ -335,6 +335,7 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
     t0, log = time.monotonic(), get_logger()
     _check_config(cfg)
     inp, out_dir, cache_dir = ingest_paths(cfg)
+    for p in remove_stale_temps(out_dir): log.info(f"removed {p}, left by an interrupted run")
     idx, n, distributed = shard_plan(num_shards, shard_index)
     total = sum(1 for _ in iter_documents(inp, cfg.input_encoding))  # checks the whole input before any work
     ing = _Ingestor(cfg, cache_dir, parser, extract, classify)
@@ -360,6 +361,7 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
     # sharded: write this shard, then merge (rank 0 under torchrun; the last shard to finish otherwise)
     sdir = out_dir/".shards"/_sha({"fp": fp, "n": n, **ing.base})[:16]
     sdir.mkdir(parents=True, exist_ok=True)
+    for p in remove_stale_temps(sdir): log.info(f"removed {p}, left by an interrupted run")
     with atomic_open(_shard_file(sdir, idx, n)) as f:
         for k, r in results(): f.write(_dumps({"i": k, **r}))
     prog.close()
