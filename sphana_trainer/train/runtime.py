@@ -31,6 +31,7 @@ class TrainTask:
     evaluate: Optional[Callable] = None     # `(module, device, autocast_dtype) -> {metric: value}`; None: no validation split
     metric: str = "loss"                    # key of `evaluate`'s result used for best/early stopping/threshold
     greater_is_better: bool = True
+    assets: Any = None                      # what the component needs to save the model (encoder, tokenizer, ...)
 
 @dataclass
 class RunResult:
