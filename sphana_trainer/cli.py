@@ -8,12 +8,12 @@ import importlib, importlib.util, json, sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
-import typer
+import click, typer, typer.core, typer.main
 from typer.core import TyperGroup
-from .core import SphanaError
+from .core import SphanaError, set_verbose
 
 # %% auto #0
-__all__ = ['app', 'COMMAND_MODULES', 'DatasetKind', 'dataset_validate', 'dataset_stats_cmd', 'main']
+__all__ = ['app', 'COMMAND_MODULES', 'DatasetKind', 'dataset_validate', 'dataset_stats_cmd', 'main', 'iter_commands']
 
 # %% ../nbs/80_cli.ipynb #85701be9
 class _Group(TyperGroup):
@@ -24,9 +24,15 @@ class _Group(TyperGroup):
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(SphanaError.exit_code)
 
+typer.core.HAS_RICH = False   # plain help everywhere: nothing cut off at 80 columns, every default shown
+
 app = typer.Typer(cls=_Group, name="sphana-trainer", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Train, export and ship the neural models of the Sphana NRDB (embedding, relation, GNN, NER, LLM).")
+
+@app.callback()
+def _options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs and third-party warnings (also: SPHANA_VERBOSE=1)")] = False):
+    set_verbose(True if verbose else None)
 
 # %% ../nbs/80_cli.ipynb #00729fc0
 class DatasetKind(str, Enum):
@@ -34,7 +40,7 @@ class DatasetKind(str, Enum):
 
 @app.command("dataset-validate")
 def dataset_validate(
-    path: Annotated[Path, typer.Argument(help="JSONL dataset file to check")],
+    path: Annotated[Path, typer.Argument(help="JSONL dataset file to check (UTF-8; not a folder)")],
     type: Annotated[DatasetKind, typer.Option("--type", "-t", help="Dataset format to check against")],
     max_errors: Annotated[int, typer.Option(help="Stop after this many errors (0 = report all)")] = 0,
 ):
@@ -65,3 +71,10 @@ def main():
     app()
 
 if __name__ == "__main__" and "__file__" in globals(): main()
+
+# %% ../nbs/80_cli.ipynb #dd2c544a
+def iter_commands(cmd:click.Command|None=None, path:tuple=()):
+    "`(path, command)` for the app and every command and sub-command under it."
+    cmd = cmd or typer.main.get_command(app)
+    yield path, cmd
+    for name, sub in sorted(getattr(cmd, "commands", {}).items()): yield from iter_commands(sub, path + (name,))

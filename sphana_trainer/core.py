@@ -12,8 +12,8 @@ from typing import Any, Iterable, Iterator
 # %% auto #0
 __all__ = ['QUIET_LOGGERS', 'WORKSPACE_DIRS', 'SphanaError', 'get_logger', 'verbose_requested', 'set_verbose', 'workspace',
            'ws_path', 'current_umask', 'atomic_open', 'atomic_write', 'atomic_write_json', 'write_jsonl',
-           'remove_stale_temps', 'iter_jsonl', 'fingerprint', 'seed_everything', 'select_device', 'fmt_duration',
-           'in_notebook', 'Progress']
+           'remove_stale_temps', 'encoding_problem', 'check_jsonl_file', 'iter_jsonl', 'fingerprint', 'seed_everything',
+           'select_device', 'fmt_duration', 'in_notebook', 'Progress']
 
 # %% ../nbs/00_core.ipynb #c7750a0f
 class SphanaError(Exception):
@@ -138,13 +138,41 @@ def remove_stale_temps(folder:str|Path, # where the targets of `atomic_open` liv
         except FileNotFoundError: pass
     return gone
 
+# %% ../nbs/00_core.ipynb #cf76b9a5
+_BOMS = [(b"\x00\x00\xfe\xff", "UTF-32BE", "UTF-32BE"), (b"\xff\xfe\x00\x00", "UTF-32LE", "UTF-32LE"),
+         (b"\xef\xbb\xbf", "UTF-8 with a byte-order mark", None), (b"\xfe\xff", "UTF-16BE", "UTF-16"), (b"\xff\xfe", "UTF-16LE", "UTF-16")]
+
+def encoding_problem(path:str|Path) -> str|None:
+    "Why `path` cannot be read as plain UTF-8 JSON lines (a byte-order mark, UTF-16/32), with the command that fixes it; else None."
+    with open(path, "rb") as f: head = f.read(4)
+    for bom, name, iconv in _BOMS:
+        if head.startswith(bom):
+            if iconv is None: return (f"{path}: the file is {name} (it starts with the bytes EF BB BF); remove them: "
+                                      f"sed -i '1s/^\\xEF\\xBB\\xBF//' {path}")
+            break
+    else:   # no mark, but NUL bytes among the first characters: UTF-16 text without a byte-order mark
+        if len(head) < 2 or b"\x00" not in head: return None
+        name = iconv = "UTF-16LE" if head[1:2] == b"\x00" else "UTF-16BE"
+    return (f"{path}: the file is {name} text, not UTF-8; re-encode it: "
+            f"iconv -f {iconv} -t UTF-8 {path} > {path}.utf8 && mv {path}.utf8 {path}")
+
+def check_jsonl_file(path:str|Path) -> Path:
+    "`path` as a `Path` after checking it is a readable UTF-8 file (not a folder, not UTF-16); else `SphanaError`."
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.jsonl"))
+        raise SphanaError(f"{path}: is a folder; pass a .jsonl file such as {path/(found[0] if found else 'train.jsonl')}"
+                          + (f" (here: {', '.join(found)})" if found else ""))
+    if not path.is_file(): raise SphanaError(f"{path}: file not found; check the path")
+    if (why := encoding_problem(path)): raise SphanaError(why)
+    return path
+
 # %% ../nbs/00_core.ipynb #174eff0c
 def iter_jsonl(path:str|Path, # a `.jsonl` file
                with_lineno:bool=False, # yield `(line_number, record)` pairs
               ) -> Iterator:
     "Stream the JSON objects of `path`, skipping blank lines; a bad line raises `SphanaError` naming file and line."
-    path = Path(path)
-    if not path.is_file(): raise SphanaError(f"{path}: file not found; check the path")
+    path = check_jsonl_file(path)
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
             if not raw.strip(): continue

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from jsonschema import Draft202012Validator
 import sphana_trainer
-from .core import SphanaError
+from .core import SphanaError, check_jsonl_file
 
 # %% auto #0
 __all__ = ['SCHEMA_DIR', 'DATASET_KINDS', 'SCHEMA_FILES', 'SEMANTIC_CHECKS', 'TEXT_FIELDS', 'load_schema', 'ValidationReport',
@@ -103,8 +103,7 @@ def validate_jsonl(path:str|Path, # the JSONL file to check
                    max_errors:int|None=None, # stop collecting after this many errors
                   ) -> ValidationReport:
     "Check every line of `path` against the schema of `kind` (and its extra rules); report all bad lines."
-    path = Path(path)
-    if not path.is_file(): raise SphanaError(f"{path}: file not found; check the path")
+    path = check_jsonl_file(path)   # a folder, a missing file, UTF-16 or a byte-order mark: one clear error
     validator, extra = Draft202012Validator(load_schema(kind)), SEMANTIC_CHECKS.get(kind)
     rep = ValidationReport(str(path), kind)
     with open(path, "rb") as f:

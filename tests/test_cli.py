@@ -43,3 +43,61 @@ def test_stats_json():
     r = run(str(BIN/"sphana-trainer"), "dataset-stats", str(ROOT/"sphana_trainer/sample_data/relation/train.jsonl"))
     st = json.loads(r.stdout)
     assert st["kind"] == "relation" and st["records"] > 0 and sum(st["labels"].values()) == st["records"]
+
+def _all_commands():
+    "(path, click command) for every command and sub-command of the app, as the console script builds them."
+    import typer.main
+    from sphana_trainer.cli import app
+    def walk(cmd, path):
+        yield path, cmd
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()): yield from walk(sub, path + (name,))
+    return list(walk(typer.main.get_command(app), ()))
+
+def test_help_at_80_columns_every_command():
+    "Every --help (commands added later included): whole option names, no line over 80 columns, defaults shown, no <bool>."
+    import os, click
+    cmds = _all_commands()
+    assert len(cmds) >= 10 and ("train", "embedding") in [p for p, _ in cmds]
+    from typer.testing import CliRunner
+    from sphana_trainer.cli import app
+    for path, cmd in cmds:
+        if path in ((), ("train", "embedding")):   # as a user runs it
+            r = subprocess.run([str(BIN/"sphana-trainer"), *path, "--help"], capture_output=True, text=True, cwd=ROOT,
+                               env={**os.environ, "COLUMNS": "80"})
+            assert r.returncode == 0, (path, r.stderr)
+        else:
+            r = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+            assert r.exit_code == 0, (path, r.output)
+        lines = r.stdout.splitlines()
+        assert max(map(len, lines)) <= 80, (path, [l for l in lines if len(l) > 80])
+        assert "<bool>" not in r.stdout and "…" not in r.stdout, (path, r.stdout)
+        for p in cmd.params:
+            if not isinstance(p, click.Option): continue
+            for o in p.opts + p.secondary_opts: assert o in r.stdout, (path, o, r.stdout)
+            if p.show_default and not p.is_flag and p.default not in (None, "", ()) and not callable(p.default):
+                d = p.default.value if hasattr(p.default, "value") else p.default
+                assert f"[default: {d}" in " ".join(r.stdout.split()) or f"default: {d}" in " ".join(r.stdout.split()), (path, p.name, r.stdout)
+    wiki = subprocess.run([str(BIN/"sphana-trainer"), "ingest-validate", "--help"], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "COLUMNS": "80"}).stdout
+    assert "[default: the packaged one]" in wiki      # a default written in the help text is kept
+
+def test_dataset_validate_folder_and_utf16(tmp_path):
+    "A folder: one clear line naming a .jsonl to pass. UTF-16 / UTF-8 BOM: the encoding and the iconv fix; no phantom record."
+    good = json.dumps({"query": "a", "positive": "b"})
+    (tmp_path/"train.jsonl").write_text(good + "\n")
+    r = run(str(BIN/"sphana-trainer"), "dataset-validate", str(tmp_path), "--type", "embedding")
+    assert r.returncode == 2 and r.stderr.strip() == (f"error: {tmp_path}: is a folder; pass a .jsonl file such as "
+                                                      f"{tmp_path/'train.jsonl'} (here: train.jsonl)"), r.stderr
+    for enc, needle in (("utf-16", "iconv -f UTF-16 -t UTF-8"), ("utf-8-sig", "UTF-8 with a byte-order mark")):
+        f = tmp_path/f"{enc}.jsonl"; f.write_text(good + "\n" + good + "\n", encoding=enc)
+        r = run(str(BIN/"sphana-trainer"), "dataset-validate", str(f), "--type", "embedding")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "records" not in r.stdout, r.stdout      # no "3 records, ..." counted from the bytes of a UTF-16 file
+        r = run(str(BIN/"sphana-trainer"), "dataset-stats", str(f))
+        assert r.returncode == 2 and needle in r.stderr, r.stderr
+
+def test_verbose_switch():
+    r = run(str(BIN/"sphana-trainer"), "--verbose", "dataset-validate", "--help")
+    assert r.returncode == 0 and "--type" in r.stdout
+    assert "-v, --verbose" in run(str(BIN/"sphana-trainer"), "--help").stdout
