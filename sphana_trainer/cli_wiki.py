@@ -26,6 +26,7 @@ def register(app):
         batch_size: Annotated[Optional[int], typer.Option(help="Titles per request [default: 20 intros, 10 whole articles]", min=1, max=50)] = None,
         max_retries: Annotated[int, typer.Option(help="Retries of a failing request (429, 5xx, maxlag) before giving up", min=0)] = 6,
         maxlag: Annotated[int, typer.Option(help="Ask the API to refuse work when its replicas lag this many seconds (0 = off)", min=0)] = 5,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for a connection and for each answer before retrying", min=0.1)] = 30.0,
         contact: Annotated[Optional[str], typer.Option(help="Your e-mail or URL, sent in the User-Agent as Wikimedia asks")] = None,
         user_agent: Annotated[Optional[str], typer.Option(help="Replace the whole User-Agent")] = None,
         progress_log_interval: Annotated[float, typer.Option(help="Log a progress line every this many percent")] = 10,
@@ -33,7 +34,7 @@ def register(app):
         "Download the plain text of Wikipedia pages as {id,title,text} lines; resumes an interrupted download."
         from sphana_trainer.ingest.wiki import run_download_wiki
         res = run_download_wiki(titles_file, titles_dir, output, api_url=api_url, full_content=full_content, limit=limit,
-                                rate=rate, batch_size=batch_size, max_retries=max_retries, maxlag=maxlag or None,
+                                rate=rate, batch_size=batch_size, max_retries=max_retries, maxlag=maxlag or None, timeout=timeout,
                                 contact=contact, user_agent=user_agent, progress_log_interval=progress_log_interval)
         typer.echo(res.summary())
     return app

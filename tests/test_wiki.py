@@ -93,3 +93,45 @@ def test_errors_are_one_line(corpus, tmp_path):
     print(r.stderr.strip().splitlines()[-1])
     assert r.returncode == 2 and f"error: {api.url}: still failing after 3 attempts (last: HTTP 503" in r.stderr
     assert "Traceback" not in r.stderr and out.read_bytes() == before   # what was there is untouched
+
+def _free_port():
+    import socket
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    return port
+
+@pytest.mark.parametrize("api_url, needle", [
+    (None, "connection refused by 127.0.0.1:"),                                   # a port where nothing listens
+    ("http://wiki.example.invalid/w/api.php", "cannot resolve the host name 'wiki.example.invalid'")])
+def test_dead_network_fails_fast_no_empty_file(corpus, tmp_path, api_url, needle):
+    "Errors retrying cannot fix: exit 2 at once with one line, no 0-byte output; an earlier output stays as it was."
+    pages, redirects, titles = corpus
+    api_url = api_url or f"http://127.0.0.1:{_free_port()}/w/api.php"
+    out, old = tmp_path/"new"/"docs.jsonl", tmp_path/"old.jsonl"
+    old.write_text('{"id": "wiki-1", "title": "Kept", "text": "kept"}\n'); before = old.read_bytes()
+    for o in (out, old):
+        t0 = time.monotonic()
+        r = subprocess.run([CLI, "dataset-download-wiki", "--titles-file", str(titles), "--output", str(o), "--api-url", api_url,
+                            "--rate", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stdout + r.stderr
+        err = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+        assert len(err) == 1 and needle in err[0] and "check --api-url" in err[0], r.stderr
+        assert "retry" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert time.monotonic() - t0 < 60
+    assert not out.exists(), "an empty output file was left behind"
+    assert old.read_bytes() == before
+
+def test_silent_server_times_out_and_says_it_waits(corpus, tmp_path):
+    "A server that accepts and never answers: each request gives up after --timeout, a log line says it is waiting, exit 2."
+    import socket
+    pages, redirects, titles = corpus
+    silent = socket.socket(); silent.bind(("127.0.0.1", 0)); silent.listen(16)
+    try:
+        out = tmp_path/"docs.jsonl"
+        r = subprocess.run([CLI, "dataset-download-wiki", "--titles-file", str(titles), "--output", str(out), "--rate", "0",
+                            "--api-url", f"http://127.0.0.1:{silent.getsockname()[1]}/w/api.php", "--timeout", "0.5",
+                            "--max-retries", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally: silent.close()
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "waiting for an answer" in r.stderr and "retry 1/1" in r.stderr, r.stderr
+    assert "still failing after 2 attempts (last: no answer within 0.5s (--timeout))" in r.stderr, r.stderr
+    assert not out.exists()

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/10_ingest.wiki.ipynb #e9abf37f
 from __future__ import annotations
-import email.utils, json, os, random, re, threading, time
+import email.utils, json, os, random, re, socket, threading, time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,8 +15,8 @@ from ..core import SphanaError, Progress, get_logger, atomic_write, iter_jsonl
 
 # %% auto #0
 __all__ = ['DEFAULT_API', 'RETRY_API_ERRORS', 'clean_title', 'read_titles', 'titles_from', 'default_user_agent', 'retry_after',
-           'WikiClient', 'FakeWikiAPI', 'fetch_extracts', 'repair_tail', 'done_pages', 'WikiDownload', 'page_id',
-           'missing_path', 'download_wiki', 'fake_corpus', 'run_download_wiki']
+           'unreachable', 'WikiClient', 'FakeWikiAPI', 'fetch_extracts', 'repair_tail', 'done_pages', 'WikiDownload',
+           'page_id', 'missing_path', 'download_wiki', 'fake_corpus', 'run_download_wiki']
 
 # %% ../../nbs/10_ingest.wiki.ipynb #ecd6179b
 def clean_title(t:str) -> str:
@@ -75,6 +75,27 @@ def retry_after(value:str|None, now:float|None=None) -> float|None:
     except (TypeError, ValueError, IndexError): return None
     return max(0.0, when - (time.time() if now is None else now))
 
+# %% ../../nbs/10_ingest.wiki.ipynb #fb4409f2
+def _causes(e:BaseException):
+    "`e` and the exceptions behind it (`__cause__`, `__context__`, urllib3's `reason`)."
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen: continue
+        seen.add(id(x)); yield x
+        todo += [x.__cause__, x.__context__, getattr(x, "reason", None) if isinstance(getattr(x, "reason", None), BaseException) else None]
+        todo += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
+
+def unreachable(e:BaseException, api_url:str) -> str|None:
+    "A message when `e` is a failure retrying cannot fix (unknown host, connection refused); else None."
+    u = urlparse(api_url); host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+    for x in _causes(e):
+        if isinstance(x, socket.gaierror) or type(x).__name__ == "NameResolutionError":
+            return f"{api_url}: cannot resolve the host name {host!r} (no DNS answer); check --api-url and the network connection"
+        if isinstance(x, ConnectionRefusedError):
+            return f"{api_url}: connection refused by {host}:{port} (nothing listens there); check --api-url and the network connection"
+    return None
+
 # %% ../../nbs/10_ingest.wiki.ipynb #c9a8faaa
 class WikiClient:
     "MediaWiki Action API client: throttled to `rate` requests/s; retries 429/5xx/maxlag after `Retry-After` or a jittered exponential backoff."
@@ -87,7 +108,7 @@ class WikiClient:
                  max_backoff:float=60, # longest backoff
                  max_wait:float=300, # longest wait a `Retry-After` may ask for
                  maxlag:int|None=5, # ask the API to refuse work when replicas lag more than this (seconds)
-                 timeout:float=60, # seconds per HTTP request
+                 timeout:float=30, # seconds to wait for a connection and for each answer
                  sleep:Callable=time.sleep, clock:Callable=time.monotonic, seed:int|None=None, session=None):
         self.api_url, self.rate, self.max_retries, self.maxlag, self.timeout = api_url, rate, max_retries, maxlag, timeout
         self.backoff, self.max_backoff, self.max_wait = backoff, max_backoff, max_wait
@@ -117,9 +138,16 @@ class WikiClient:
         "One HTTP request: `(data, None)` on success, `(None, (problem, wait_hint))` when worth retrying."
         self._throttle(); self.requests += 1
         long = sum(len(str(v)) for v in params.values()) > 2000   # long title lists go in a POST body (URLs have limits)
+        waiting = threading.Timer(min(10.0, self.timeout / 2), lambda: self.log.info(
+            f"{self.api_url}: waiting for an answer (gives up after {self.timeout:g}s, then retries)"))
+        waiting.daemon = True; waiting.start()
         try: r = (self.session.post(self.api_url, data=params, timeout=self.timeout) if long else
                   self.session.get(self.api_url, params=params, timeout=self.timeout))
-        except requests.RequestException as e: return None, (f"{type(e).__name__}: {e}", None)
+        except requests.Timeout: return None, (f"no answer within {self.timeout:g}s (--timeout)", None)
+        except requests.RequestException as e:
+            if (why := unreachable(e, self.api_url)): raise SphanaError(why) from None
+            return None, (f"{type(e).__name__}: {e}", None)
+        finally: waiting.cancel()
         hint = retry_after(r.headers.get("Retry-After"))
         if r.status_code == 429 or r.status_code >= 500: return None, (f"HTTP {r.status_code} {r.reason}", hint)
         if r.status_code == 403:
@@ -364,6 +392,7 @@ def download_wiki(titles:Iterable[str], # page titles, in the order the output s
                   batch_size:int|None=None, # titles per request (default 20 for intros, 10 for whole articles; at most 50)
                   user_agent:str|None=None, contact:str|None=None, # User-Agent, or the contact put in the default one
                   max_retries:int=6, maxlag:int|None=5, # see `WikiClient`
+                  timeout:float=30, # seconds to wait for a connection and for each answer
                   progress_log_interval:float=10, # log a progress line every this many percent
                   client:WikiClient|None=None, **client_kw, # an explicit client, or extra `WikiClient` arguments (sleep, clock, seed, ...)
                  ) -> WikiDownload:
@@ -373,24 +402,29 @@ def download_wiki(titles:Iterable[str], # page titles, in the order the output s
     if not titles: raise SphanaError("no titles to download; give at least one title")
     bs = batch_size or (10 if full_content else 20)
     if not 1 <= bs <= 50: raise SphanaError(f"batch size {bs}: use 1 to 50 titles per request (the API's limit is 50)")
-    client = client or WikiClient(api_url, rate=rate, user_agent=user_agent, contact=contact, max_retries=max_retries, maxlag=maxlag, **client_kw)
+    client = client or WikiClient(api_url, rate=rate, user_agent=user_agent, contact=contact, max_retries=max_retries,
+                                  maxlag=maxlag, timeout=timeout, **client_kw)
     output = Path(output); output.parent.mkdir(parents=True, exist_ok=True)
     ids, have = done_pages(output)
     todo = [t for t in titles if t not in have]
     res = WikiDownload(output, len(titles), len(titles) - len(todo), 0, 0)
     r0, n0 = client.requests, client.retries
+    new = not output.exists()
     try: f = open(output, "a", encoding="utf-8")
     except OSError as e: raise SphanaError(f"{output}: cannot write the output ({e.strerror}); choose another --output") from None
-    with f, Progress(len(todo), "Downloading wiki pages", log_interval=progress_log_interval, unit="titles") as pr:
-        for i in range(0, len(todo), bs):
-            batch, lines = todo[i:i + bs], []
-            for t, p in fetch_extracts(client, batch, full_content).items():
-                if isinstance(p, str): res.missing[t] = p; continue
-                pid = page_id(client.api_url, p["pageid"])
-                if pid in ids: res.duplicates += 1; continue
-                ids.add(pid); lines.append(json.dumps({"id": pid, "title": p["title"], "text": p["extract"].strip()}, ensure_ascii=False) + "\n")
-            f.write("".join(lines)); f.flush(); os.fsync(f.fileno())   # a kill loses at most the batch in flight
-            res.written += len(lines); pr.update(len(batch))
+    try:
+        with f, Progress(len(todo), "Downloading wiki pages", log_interval=progress_log_interval, unit="titles") as pr:
+            for i in range(0, len(todo), bs):
+                batch, lines = todo[i:i + bs], []
+                for t, p in fetch_extracts(client, batch, full_content).items():
+                    if isinstance(p, str): res.missing[t] = p; continue
+                    pid = page_id(client.api_url, p["pageid"])
+                    if pid in ids: res.duplicates += 1; continue
+                    ids.add(pid); lines.append(json.dumps({"id": pid, "title": p["title"], "text": p["extract"].strip()}, ensure_ascii=False) + "\n")
+                f.write("".join(lines)); f.flush(); os.fsync(f.fileno())   # a kill loses at most the batch in flight
+                res.written += len(lines); pr.update(len(batch))
+    finally:   # a download that got nothing leaves no empty file behind (an earlier output is kept as it was)
+        if new and output.exists() and output.stat().st_size == 0: output.unlink()
     res.missing = {t: res.missing[t] for t in titles if t in res.missing}
     res.missing_file = _write_missing(missing_path(output), res.missing)
     res.requests, res.retries, res.seconds = client.requests - r0, client.retries - n0, time.monotonic() - t0
