@@ -112,10 +112,13 @@ class EmbeddingConfig(TrainConfig):
 class RelationConfig(TrainConfig):
     "Relation classifier over entity-marked text."
     component: Literal["relation"] = "relation"
-    entity_markers: list[str] = ["[E1]", "[/E1]", "[E2]", "[/E2]"]
-    calibrate: bool = True                   # fit temperature scaling on validation
-    label_smoothing: float = 0.0
-    metric: str = "macro_f1"
+    entity_markers: list[str] = ["[E1]", "[/E1]", "[E2]", "[/E2]"]  # entity 1 start/end, entity 2 start/end tokens
+    pooling: Literal["entity_start", "cls", "both"] = "entity_start"  # head input: entity-start markers, [CLS], or both
+    head_dropout: float = Field(0.1, ge=0, lt=1)  # dropout before the classification head
+    class_weights: Literal["none", "balanced", "sqrt"] = "none"  # loss weights against label imbalance
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy label smoothing
+    calibrate: bool = True                   # fit temperature scaling on validation after training
+    metric: str = "macro_f1"                 # macro_f1 | micro_f1 | accuracy | official_f1 (SemEval labels)
 
 class GnnConfig(TrainConfig):
     "GGNN ranker over candidate subgraphs, listwise loss."
@@ -132,8 +135,9 @@ class GnnConfig(TrainConfig):
 class NerConfig(TrainConfig):
     "BIO token tagger."
     component: Literal["ner"] = "ner"
-    label_all_subtokens: bool = False
-    metric: str = "f1"
+    label_all_subtokens: bool = False        # train every sub-token (continuations as I-) instead of the first only
+    head_dropout: float = Field(0.1, ge=0, lt=1)  # dropout before the tagging head
+    metric: str = "f1"                       # entity-level f1 | precision | recall | token_accuracy
 
 class LlmConfig(TrainConfig):
     "Small causal LM fine-tuned for answer synthesis."
