@@ -135,3 +135,27 @@ def test_silent_server_times_out_and_says_it_waits(corpus, tmp_path):
     assert "waiting for an answer" in r.stderr and "retry 1/1" in r.stderr, r.stderr
     assert "still failing after 2 attempts (last: no answer within 0.5s (--timeout))" in r.stderr, r.stderr
     assert not out.exists()
+
+def test_seed_title_lists(tmp_path):
+    "The title lists the user's guide names exist, are clean, and its download lines run up to the network."
+    small, sdir, ldir = ROOT/"samples/ai-ml-wiki-titles.small.txt", ROOT/"samples/wiki-titles/small", ROOT/"samples/wiki-titles/large"
+    files = [small, *sorted(sdir.glob("*.txt")), *sorted(ldir.glob("*.txt"))]
+    assert len(files) >= 4
+    for f in files:
+        ts = [l for l in f.read_text(encoding="utf-8").splitlines() if l.strip() and not l.startswith("#")]
+        assert ts and all(t == t.strip() and (t[0].isupper() or t[0].isdigit()) and not set(t) & set("[]{}<>|#") for t in ts), f
+    assert len(read_titles([small])) >= 40 and len(read_titles(sorted(ldir.glob("*.txt")))) >= 2000
+    titles = read_titles([small])
+    with FakeWikiAPI({t: f"{t} is a topic.\n\nMore about {t}." for t in titles}) as api:   # the seed's line, on a local wiki
+        out = tmp_path/"target/data/wiki/docs.jsonl"
+        r = subprocess.run([CLI, "dataset-download-wiki", "--titles-file", "samples/ai-ml-wiki-titles.small.txt", "--output", str(out),
+                            "--api-url", api.url, "--rate", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(l)["title"] for l in out.read_text().splitlines()] == titles
+    # the large line as written: the titles are read, then only the network can fail (here: nothing listens)
+    import socket
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    r = subprocess.run([CLI, "dataset-download-wiki", "--titles-dir", "samples/wiki-titles/large/", "--full-content",
+                        "--output", str(tmp_path/"samples/wiki-docs/large/docs.jsonl"), "--limit", "500000",
+                        "--api-url", f"http://127.0.0.1:{port}/w/api.php"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "connection refused" in r.stderr, r.stderr
