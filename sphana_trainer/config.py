@@ -139,14 +139,31 @@ class NerConfig(TrainConfig):
     head_dropout: float = Field(0.1, ge=0, lt=1)  # dropout before the tagging head
     metric: str = "f1"                       # entity-level f1 | precision | recall | token_accuracy
 
+class LoraSettings(StrictModel):
+    "LoRA adapters of the LLM (peft): only they train; they are merged into the weights at the end."
+    r: int = Field(8, ge=1)                  # adapter rank
+    alpha: int = Field(16, ge=1)             # scaling numerator (scale = alpha / r)
+    dropout: float = Field(0.05, ge=0, lt=1) # dropout on the adapter input
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
 class LlmConfig(TrainConfig):
     "Small causal LM fine-tuned for answer synthesis."
     component: Literal["llm"] = "llm"
     model_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    max_length: int = Field(512, ge=2)
+    max_length: int = Field(512, ge=2)       # max tokens of prompt + answer (also `max_seq_length`); long contexts are cut
     learning_rate: float = Field(5e-5, gt=0)
-    quantize: bool = True                    # quantize the published model for inference
-    metric: str = "eval_loss"
+    quantize: bool = True                    # also export an int8 ONNX decoder (sets `export.quantize`)
+    lora: Optional[LoraSettings] = None      # LoRA adapters instead of full fine-tuning (`lora: {r: 8}`)
+    gradient_checkpointing: bool = False     # recompute activations in the backward pass (less memory, slower)
+    system_prompt: Optional[str] = None      # system turn of every prompt (default: the chat template's own)
+    max_new_tokens: int = Field(48, ge=1)    # longest greedy answer in validation and evaluate
+    metric: str = "eval_loss"                # eval_loss | perplexity (lower is better) | exact_match | token_f1
+
+    @model_validator(mode="after")
+    def _quantize_export(self):
+        if "quantize" in self.model_fields_set and self.export.quantize != self.quantize:
+            object.__setattr__(self, "export", self.export.model_copy(update={"quantize": self.quantize}))
+        return self
 
 # %% ../nbs/01_config.ipynb #6ce29a97
 class IngestConfig(StrictModel):
