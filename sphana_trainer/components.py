@@ -8,4 +8,5 @@ __all__ = []
 # %% ../nbs/57_components.ipynb #3cf4a33e
 from .train.component import REGISTRY, get_component
 from .train import embedding  # noqa: F401
+from .train import llm  # noqa: F401
 from .train import gnn  # noqa: F401
