@@ -7,7 +7,7 @@ from conftest import ROOT, BIN
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file
 from sphana_trainer.hub import tiny_bert
-from sphana_trainer.train.embedding import write_toy_pairs
+from sphana_trainer.testing import write_toy_pairs
 
 CLI = str(BIN/"sphana-trainer")
 
