@@ -61,7 +61,8 @@ def dataset_stats_cmd(
     typer.echo(json.dumps(dataset_stats(path, type.value if type else None), indent=2))
 
 # %% ../nbs/80_cli.ipynb #fe179488
-COMMAND_MODULES = ["sphana_trainer.cli_wiki", "sphana_trainer.cli_ingest", "sphana_trainer.cli_data", "sphana_trainer.cli_train"]
+COMMAND_MODULES = ["sphana_trainer.cli_wiki", "sphana_trainer.cli_ingest", "sphana_trainer.cli_data", "sphana_trainer.cli_train",
+                   "sphana_trainer.cli_release"]
 
 for _m in COMMAND_MODULES:
     if importlib.util.find_spec(_m) is not None: importlib.import_module(_m).register(app)
