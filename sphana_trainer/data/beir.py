@@ -290,7 +290,8 @@ def build_from_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl
     for q in qids:
         docs, norm = cands[q]
         cs = [{"id": d, **candidate_graph(fz, data.queries[q], passage_nodes(data.corpus[d], max_sentences), norm[d]),
-               "label": round(max(0.0, data.qrels[q].get(d, 0.0)) / top_max, 6)} for d in docs]
+               "label": round(max(0.0, data.qrels[q].get(d, 0.0)) / top_max, 6),
+               "retriever_score": round(norm[d], 6)} for d in docs]
         gnn[split[q]].append({"query_id": q, "query": data.queries[q], "candidates": cs})
     ndcg = sum(ndcg_at([ids[i] for i in ranking[q]], data.qrels[q]) for q in qids) / len(qids)
     recall = sum(len(rel_of[q] & {ids[i] for i in ranking[q][:top_k]}) / len(rel_of[q]) for q in qids) / len(qids)
@@ -301,7 +302,8 @@ def build_from_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl
             "counts": counts, "hard_negatives": hard_negatives, "ranker": encoder or "bm25", "top_k": top_k,
             "ranker_ndcg@10": round(ndcg, 4), f"ranker_recall@{top_k}": round(recall, 4),
             "gnn": {"feature_dim": feature_dim, "max_sentences": max_sentences, "edge_types": ["query", "next_sentence"],
-                    "edge_directions": {"0": "forward (query->passage, sentence->next)", "1": "reverse"}, "label": "qrels score / max score"},
+                    "edge_directions": {"0": "forward (query->passage, sentence->next)", "1": "reverse"}, "label": "qrels score / max score",
+                    "retriever_score": "first-stage ranker score, min-max normalized per query"},
             "skipped": dict(sorted(data.skipped.items()))}
     atomic_write_json(out/"build_meta.json", meta)
     log.info("built BEIR datasets in %s: %s (ranker %s, NDCG@10 %.3f, recall@%d %.3f, %.1fs)", out,
