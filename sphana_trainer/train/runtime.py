@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from ..core import SphanaError, Progress, atomic_write_json, get_logger, select_device, ws_path
 
 # %% auto #0
@@ -19,7 +20,8 @@ __all__ = ['TrainTask', 'RunResult', 'dist_info', 'is_main', 'barrier', 'init_di
            'autocast_dtype', 'make_optimizer', 'lr_factor', 'make_scheduler', 'epoch_batches', 'rng_state',
            'set_rng_state', 'list_checkpoints', 'save_checkpoint', 'prune_checkpoints', 'load_state',
            'device_memory_mb', 'MetricsLog', 'default_tracking_uri', 'mlflow_setup', 'Mlflow', 'make_profiler',
-           'TrainingInterrupted', 'train', 'check_threshold']
+           'batch_iter', 'TrainingInterrupted', 'kill_after', 'interrupt_after', 'env_hooks', 'train',
+           'check_threshold']
 
 # %% ../../nbs/40_train.runtime.ipynb #aff938e9
 @dataclass
@@ -246,7 +248,7 @@ def make_profiler(n_steps:int, out_dir:Path, device:torch.device):
                    on_trace_ready=lambda p: p.export_chrome_trace(str(path)), record_shapes=False)
     prof.start(); return prof
 
-# %% ../../nbs/40_train.runtime.ipynb #d415ded4
+# %% ../../nbs/40_train.runtime.ipynb #67292919
 def _to(batch, device):
     if isinstance(batch, torch.Tensor): return batch.to(device, non_blocking=True)
     if isinstance(batch, dict): return {k: _to(v, device) for k, v in batch.items()}
@@ -263,27 +265,57 @@ def _resolve_resume(resume, run_dir:Path) -> Path|None:
         if not ck: raise SphanaError(f"--resume latest: no checkpoint under {run_dir}/checkpoints; start without --resume")
         return ck[-1]
     p = Path(resume)
-    if not (p/"state.pt").is_file() and not p.is_file(): raise SphanaError(f"--resume {resume}: not a checkpoint (a step-* folder with state.pt)")
+    if not (p/"state.pt").is_file() and not p.is_file():
+        raise SphanaError(f"--resume {resume}: not a checkpoint (a step-* folder with state.pt)")
     return p
 
+# %% ../../nbs/40_train.runtime.ipynb #8a3fb81b
+class _Batches(torch.utils.data.Dataset):
+    "Collated batches of `data` for a list of index lists."
+    def __init__(self, data, collate, batches): self.data, self.collate, self.batches = data, collate, batches
+    def __len__(self): return len(self.batches)
+    def __getitem__(self, i): return self.collate([self.data[j] for j in self.batches[i]])
+
+def batch_iter(data, collate, batches:list, workers:int=0):
+    "Collated batches in order, collated in `workers` processes when > 0."
+    ds = _Batches(data, collate, batches)
+    if not workers or not len(ds): return (ds[i] for i in range(len(ds)))
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers))
+
+# %% ../../nbs/40_train.runtime.ipynb #71774b27
 class TrainingInterrupted(Exception):
     "Raised by `train(..., stop_after_step=k)` right after step k (to test resuming)."
 
+def kill_after(step:int):
+    "A hook that SIGKILLs this process right after optimizer step `step`."
+    def hook(loop):
+        if loop.step == step: os.kill(os.getpid(), signal.SIGKILL)
+    return hook
+
+def interrupt_after(step:int):
+    "A hook that raises `TrainingInterrupted` right after optimizer step `step`."
+    def hook(loop):
+        if loop.step == step: raise TrainingInterrupted(step)
+    return hook
+
+def env_hooks() -> list:
+    "Hooks requested through the environment (`SPHANA_TRAIN_KILL_AFTER_STEP`)."
+    k = int(os.environ.get("SPHANA_TRAIN_KILL_AFTER_STEP", "0") or 0)
+    return [kill_after(k)] if k else []
+
 def _unwrap(m): return m.module if hasattr(m, "module") and isinstance(m, nn.parallel.DistributedDataParallel) else m
 
-# %% ../../nbs/40_train.runtime.ipynb #ebd2b61a
+# %% ../../nbs/40_train.runtime.ipynb #29c29e1f
 class _Loop:
     "State of one training run (see `train`)."
-    def __init__(self, cfg, task:TrainTask, run_dir:Path, mlflow:Mlflow|None):
-        self.cfg, self.task, self.run_dir, self.ml = cfg, task, Path(run_dir), mlflow
-        self.log = get_logger()
-        self.device = init_distributed(cfg)
+    def __init__(self, cfg, task:TrainTask, run_dir:Path, mlflow:Mlflow|None, hooks=()):
+        self.cfg, self.task, self.run_dir, self.ml, self.hooks = cfg, task, Path(run_dir), mlflow, list(hooks)
+        self.log, self.device = get_logger(), init_distributed(cfg)
         self.dtype = autocast_dtype(cfg.precision, self.device)
-        self.module = task.module.to(self.device)
-        self.model = self.module
+        self.module = self.model = task.module.to(self.device)
         if dist_info()[1] > 1:
-            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                                             find_unused_parameters=True)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
         self.opt = make_optimizer(self.module, cfg.learning_rate, cfg.weight_decay)
         n_batches = len(epoch_batches(len(task.train_data), cfg.batch_size, cfg.seed, 0))
         self.steps_per_epoch = math.ceil(n_batches / cfg.grad_accum_steps)
@@ -294,132 +326,169 @@ class _Loop:
         self.epoch, self.batch, self.step = 0, 0, 0
         self.best, self.best_step, self.best_ckpt, self.bad, self.stopped = None, None, None, 0, False
         self.best_eval, self.history, self.last_ckpt, self.last_eval_step = {}, [], None, -1
+        self.ep, self.t_ep = _zero_acc(), time.perf_counter()
 
-    def state(self) -> dict:
-        return {"model": self.module.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng_state(), "epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "early_stopping": {"best": self.best, "best_step": self.best_step, "bad": self.bad, "stopped": self.stopped,
-                                   "best_ckpt": str(self.best_ckpt.name) if self.best_ckpt else None},
-                "best_eval": self.best_eval, "history": self.history, "last_eval_step": self.last_eval_step}
+def _zero_acc() -> dict: return {"samples": 0, "tokens": 0, "loss": 0.0, "n": 0, "seconds": 0.0}
 
-    def restore(self, path:Path):
-        s = load_state(path)
-        self.module.load_state_dict(s["model"]); self.opt.load_state_dict(s["optimizer"])
-        self.sched.load_state_dict(s["scheduler"]); self.scaler.load_state_dict(s["scaler"])
-        self.epoch, self.batch, self.step = s["epoch"], s["batch"], s["step"]
-        es = s["early_stopping"]
-        self.best, self.best_step, self.bad, self.stopped = es["best"], es["best_step"], es["bad"], es["stopped"]
-        self.best_ckpt = self.run_dir/"checkpoints"/es["best_ckpt"] if es["best_ckpt"] else None
-        self.best_eval, self.history, self.last_eval_step = s["best_eval"], s["history"], s["last_eval_step"]
-        set_rng_state(s["rng"])
-        self.log.info(f"resumed from {path} (epoch {self.epoch + 1}, batch {self.batch}, step {self.step})")
+# %% ../../nbs/40_train.runtime.ipynb #82b36f47
+@patch
+def state(self:_Loop) -> dict:
+    ep = {**self.ep, "seconds": self.ep["seconds"] + time.perf_counter() - self.t_ep}
+    es = {"best": self.best, "best_step": self.best_step, "bad": self.bad, "stopped": self.stopped,
+          "best_ckpt": str(self.best_ckpt.name) if self.best_ckpt else None}
+    return {"model": self.module.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(), "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "early_stopping": es, "best_eval": self.best_eval, "history": self.history,
+            "last_eval_step": self.last_eval_step, "epoch_acc": ep}
 
-    def evaluate_and_checkpoint(self):
-        "Evaluate (if possible), update best/early stopping, save + prune checkpoints."
-        if self.last_eval_step == self.step: return
-        self.last_eval_step = self.step
-        rec = {"type": "eval", "epoch": self.epoch, "step": self.step}
-        if self.task.evaluate is not None:
-            t0 = time.perf_counter()
-            m = self.task.evaluate(self.module, self.device, self.dtype)
-            rec.update(m); rec["eval_seconds"] = round(time.perf_counter() - t0, 3)
-            val = m.get(self.task.metric)
-            rec["metric"] = val
-            if _better(val, self.best, self.task.greater_is_better):
-                self.best, self.best_step, self.bad, self.best_eval = val, self.step, 0, dict(m)
-            else: self.bad += 1
-            p = self.cfg.early_stopping_patience
-            if p and self.bad >= p: self.stopped = True; is_main() and self.log.info(f"early stopping: {self.task.metric} did not improve for {p} evaluations")
-            if is_main(): self.log.info(f"eval step {self.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
-        self.history.append(rec); self.metrics.write(rec); self.ml.log({k: v for k, v in rec.items() if k not in ("type", "step")}, self.step)
-        self.last_ckpt = self.run_dir/"checkpoints"/f"step-{self.step:07d}"
-        if self.best_step == self.step: self.best_ckpt = self.last_ckpt
-        if is_main():
-            save_checkpoint(self.run_dir, self.state(), {"step": self.step, "epoch": self.epoch, "metric": rec.get("metric")})
-            prune_checkpoints(self.run_dir, self.cfg.checkpoint_keep, self.best_ckpt)
-        barrier()
+@patch
+def restore(self:_Loop, path:Path):
+    s = load_state(path)
+    self.module.load_state_dict(s["model"]); self.opt.load_state_dict(s["optimizer"])
+    self.sched.load_state_dict(s["scheduler"]); self.scaler.load_state_dict(s["scaler"])
+    self.epoch, self.batch, self.step = s["epoch"], s["batch"], s["step"]
+    es = s["early_stopping"]
+    self.best, self.best_step, self.bad, self.stopped = es["best"], es["best_step"], es["bad"], es["stopped"]
+    self.best_ckpt = self.run_dir/"checkpoints"/es["best_ckpt"] if es["best_ckpt"] else None
+    self.best_eval, self.history, self.last_eval_step = s["best_eval"], s["history"], s["last_eval_step"]
+    self.ep, self.t_ep = s.get("epoch_acc") or _zero_acc(), time.perf_counter()
+    set_rng_state(s["rng"])
+    self.log.info(f"resumed from {path} (epoch {self.epoch + 1}, batch {self.batch}, step {self.step})")
 
-    def run(self, resume=None, stop_after_step:int|None=None) -> RunResult:
-        cfg, task = self.cfg, self.task
-        ck = _resolve_resume(resume, self.run_dir)
-        if ck is not None: self.restore(ck)
-        self.metrics = MetricsLog(self.run_dir/"metrics.jsonl", self.step if ck is not None else None)
-        prof = make_profiler(cfg.profile_steps, self.run_dir/"profile", self.device) if is_main() else None
-        prog = Progress(self.total, f"Training {cfg.component}", log_interval=cfg.progress_log_interval, unit="steps") if is_main() else None
-        if prog: prog.update(self.step)
-        kill_at = int(os.environ.get("SPHANA_TRAIN_KILL_AFTER_STEP", "0") or 0)
-        accum, t_start = cfg.grad_accum_steps, time.perf_counter()
-        self.model.train()
-        while self.epoch < cfg.epochs and self.step < self.total and not self.stopped:
-            batches, ep = epoch_batches(len(task.train_data), cfg.batch_size, cfg.seed, self.epoch), self.epoch
-            t_ep, ep_samples, ep_tokens, ep_loss, ep_n = time.perf_counter(), 0, 0, 0.0, 0
-            t_step, s_samples, s_tokens, s_loss = time.perf_counter(), 0, 0, 0.0
-            while self.batch < len(batches) and self.step < self.total and not self.stopped:
-                last_micro = (self.batch + 1) % accum == 0 or self.batch + 1 == len(batches)
-                batch = _to(task.collate([task.train_data[i] for i in batches[self.batch]]), self.device)
-                sync = self.model.no_sync() if (not last_micro and self.model is not self.module) else nullcontext()
-                with sync:
-                    with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                        out = self.model(batch)
-                    loss = out["loss"].float() / accum
-                    self.scaler.scale(loss).backward()
-                s_loss += float(loss.detach()); s_samples += int(out.get("samples", 0)); s_tokens += int(out.get("tokens", 0))
-                self.batch += 1
-                if not last_micro: continue
-                self.scaler.unscale_(self.opt)
-                if cfg.max_grad_norm: torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
-                self.scaler.step(self.opt); self.scaler.update(); self.sched.step(); self.opt.zero_grad(set_to_none=True)
-                self.step += 1
-                dt = time.perf_counter() - t_step
-                rec = {"type": "step", "epoch": self.epoch, "step": self.step, "loss": s_loss, "lr": self.sched.get_last_lr()[0],
-                       "samples_per_s": s_samples / dt if dt else 0.0, "tokens_per_s": s_tokens / dt if dt else 0.0,
-                       "memory_mb": round(device_memory_mb(self.device), 1)}
-                self.metrics.write(rec); self.ml.log({k: v for k, v in rec.items() if k not in ("type", "step")}, self.step)
-                ep_samples += s_samples; ep_tokens += s_tokens; ep_loss += s_loss; ep_n += 1
-                t_step, s_samples, s_tokens, s_loss = time.perf_counter(), 0, 0, 0.0
-                if prof: prof.step()
-                if prog: prog.update(1)
-                if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0: self.evaluate_and_checkpoint()
-                if kill_at and self.step == kill_at: os.kill(os.getpid(), signal.SIGKILL)
-                if stop_after_step and self.step == stop_after_step: raise TrainingInterrupted(self.step)
-            if self.batch == len(batches): self.epoch, self.batch = self.epoch + 1, 0
-            el = time.perf_counter() - t_ep
-            if ep_n:
-                rec = {"type": "epoch", "epoch": ep, "step": self.step, "loss": ep_loss / ep_n, "epoch_seconds": round(el, 3),
-                       "samples_per_s": ep_samples / el, "tokens_per_s": ep_tokens / el, "memory_mb": round(device_memory_mb(self.device), 1)}
-                self.metrics.write(rec)
-            if not cfg.eval_every_steps: self.evaluate_and_checkpoint()
-        self.evaluate_and_checkpoint()
-        if prof: prof.stop()
-        if prog: prog.close()
-        if task.evaluate is not None and self.best_ckpt is not None and self.best_step != self.step:
-            self.module.load_state_dict(load_state(self.best_ckpt)["model"])
-            self.log.info(f"restored the best weights (step {self.best_step}, {task.metric}={self.best:.4f})")
-        return RunResult(self.run_dir, self.step, self.best, self.best_step, self.best_eval, self.history, self.stopped,
-                         self.best_ckpt, self.last_ckpt, time.perf_counter() - t_start)
+# %% ../../nbs/40_train.runtime.ipynb #b90fde2c
+@patch
+def evaluate(self:_Loop) -> dict:
+    "Run the task's evaluation (if any); update best and early stopping; returns the eval record."
+    rec = {"type": "eval", "epoch": self.epoch, "step": self.step}
+    if self.task.evaluate is None: return rec
+    t0 = time.perf_counter(); m = self.task.evaluate(self.module, self.device, self.dtype)
+    rec.update(m); rec["eval_seconds"] = round(time.perf_counter() - t0, 3); rec["metric"] = val = m.get(self.task.metric)
+    if _better(val, self.best, self.task.greater_is_better): self.best, self.best_step, self.bad, self.best_eval = val, self.step, 0, dict(m)
+    else: self.bad += 1
+    p = self.cfg.early_stopping_patience
+    if p and self.bad >= p:
+        self.stopped = True
+        if is_main(): self.log.info(f"early stopping: {self.task.metric} did not improve for {p} evaluations")
+    if is_main(): self.log.info(f"eval step {self.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
+    return rec
 
-# %% ../../nbs/40_train.runtime.ipynb #33703ecf
+@patch
+def evaluate_and_checkpoint(self:_Loop):
+    "Evaluate (if possible), log it, save + prune checkpoints (once per step)."
+    if self.last_eval_step == self.step: return
+    self.last_eval_step = self.step
+    rec = self.evaluate()
+    self.history.append(rec); self.metrics.write(rec); self.ml.log({k: v for k, v in rec.items() if k not in ("type", "step")}, self.step)
+    self.last_ckpt = self.run_dir/"checkpoints"/f"step-{self.step:07d}"
+    if self.best_step == self.step: self.best_ckpt = self.last_ckpt
+    if is_main():
+        save_checkpoint(self.run_dir, self.state(), {"step": self.step, "epoch": self.epoch, "metric": rec.get("metric")})
+        prune_checkpoints(self.run_dir, self.cfg.checkpoint_keep, self.best_ckpt)
+    barrier()
+
+# %% ../../nbs/40_train.runtime.ipynb #9f3ddde8
+@patch
+def micro(self:_Loop, batch, last:bool):
+    "Forward + backward of one micro-batch; adds to the step's running sums."
+    batch = _to(batch, self.device)
+    sync = self.model.no_sync() if (not last and self.model is not self.module) else nullcontext()
+    with sync:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None): out = self.model(batch)
+        loss = out["loss"].float() / self.cfg.grad_accum_steps
+        self.scaler.scale(loss).backward()
+    s = self.st; s["loss"] += float(loss.detach()); s["samples"] += int(out.get("samples", 0)); s["tokens"] += int(out.get("tokens", 0))
+
+# %% ../../nbs/40_train.runtime.ipynb #562b1813
+@patch
+def optimizer_step(self:_Loop, prof, prog):
+    cfg, s = self.cfg, self.st
+    self.scaler.unscale_(self.opt)
+    if cfg.max_grad_norm: torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
+    self.scaler.step(self.opt); self.scaler.update(); self.sched.step(); self.opt.zero_grad(set_to_none=True)
+    self.step += 1
+    dt = time.perf_counter() - s["t"]
+    rec = {"type": "step", "epoch": self.epoch, "step": self.step, "loss": s["loss"], "lr": self.sched.get_last_lr()[0],
+           "samples_per_s": s["samples"] / dt if dt else 0.0, "tokens_per_s": s["tokens"] / dt if dt else 0.0,
+           "memory_mb": round(device_memory_mb(self.device), 1)}
+    self.metrics.write(rec); self.ml.log({k: v for k, v in rec.items() if k not in ("type", "step")}, self.step)
+    for k in ("samples", "tokens", "loss"): self.ep[k] += s[k]
+    self.ep["n"] += 1; self.st = _step_acc()
+    if prof: prof.step()
+    if prog: prog.update(1)
+    if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0: self.evaluate_and_checkpoint()
+    for h in self.hooks: h(self)
+
+def _step_acc() -> dict: return {"samples": 0, "tokens": 0, "loss": 0.0, "t": time.perf_counter()}
+
+# %% ../../nbs/40_train.runtime.ipynb #e541e46c
+@patch
+def run_epoch(self:_Loop, prof, prog):
+    cfg, accum = self.cfg, self.cfg.grad_accum_steps
+    batches = epoch_batches(len(self.task.train_data), cfg.batch_size, cfg.seed, self.epoch)
+    self.st = _step_acc()
+    for batch in batch_iter(self.task.train_data, self.task.collate, batches[self.batch:], cfg.num_workers):
+        if self.step >= self.total or self.stopped: break
+        last = (self.batch + 1) % accum == 0 or self.batch + 1 == len(batches)
+        self.micro(batch, last); self.batch += 1
+        if last: self.optimizer_step(prof, prog)
+    if self.batch == len(batches): self.end_epoch()
+
+@patch
+def end_epoch(self:_Loop):
+    ep, el = self.ep, self.ep["seconds"] + time.perf_counter() - self.t_ep
+    if ep["n"]:
+        self.metrics.write({"type": "epoch", "epoch": self.epoch, "step": self.step, "loss": ep["loss"] / ep["n"],
+                            "epoch_seconds": round(el, 3), "samples_per_s": ep["samples"] / el, "tokens_per_s": ep["tokens"] / el,
+                            "samples": ep["samples"], "memory_mb": round(device_memory_mb(self.device), 1)})
+    self.epoch, self.batch, self.ep, self.t_ep = self.epoch + 1, 0, _zero_acc(), time.perf_counter()
+    if not self.cfg.eval_every_steps: self.evaluate_and_checkpoint()
+
+# %% ../../nbs/40_train.runtime.ipynb #ec48a3a7
+@patch
+def run(self:_Loop, resume=None) -> RunResult:
+    cfg, task = self.cfg, self.task
+    ck = _resolve_resume(resume, self.run_dir)
+    if ck is not None: self.restore(ck)
+    self.metrics = MetricsLog(self.run_dir/"metrics.jsonl", self.step if ck is not None else None)
+    prof = make_profiler(cfg.profile_steps, self.run_dir/"profile", self.device) if is_main() else None
+    prog = Progress(self.total, f"Training {cfg.component}", log_interval=cfg.progress_log_interval, unit="steps") if is_main() else None
+    if prog: prog.update(self.step)
+    t_start = time.perf_counter(); self.model.train()
+    while self.epoch < cfg.epochs and self.step < self.total and not self.stopped: self.run_epoch(prof, prog)
+    self.evaluate_and_checkpoint()
+    if prof: prof.stop()
+    if prog: prog.close()
+    if task.evaluate is not None and self.best_ckpt is not None and self.best_step != self.step:
+        self.module.load_state_dict(load_state(self.best_ckpt)["model"])
+        self.log.info(f"restored the best weights (step {self.best_step}, {task.metric}={self.best:.4f})")
+    return RunResult(self.run_dir, self.step, self.best, self.best_step, self.best_eval, self.history, self.stopped,
+                     self.best_ckpt, self.last_ckpt, time.perf_counter() - t_start)
+
+# %% ../../nbs/40_train.runtime.ipynb #606f00cb
 def train(cfg, # a `TrainConfig` (subclass)
           task:TrainTask, # model, data, collate, evaluation
           run_dir:str|Path, # folder for checkpoints, metrics.jsonl, profiler traces
           resume:str|Path|None=None, # None, `latest` (newest checkpoint in `run_dir`) or a checkpoint folder
           mlflow:Mlflow|None=None, # an open MLflow logger (default: none)
           stop_after_step:int|None=None, # raise `TrainingInterrupted` after this optimizer step (tests)
+          hooks:list|None=None, # callables `hook(loop)` run after every optimizer step
          ) -> RunResult:
     "Train `task.module` per `cfg`; returns the best evaluation and where the checkpoints are."
     if cfg.metric_threshold is not None and task.evaluate is None:
-        raise SphanaError(f"{cfg.component} config: metric_threshold is set but there is no validation split; add validation.jsonl (or validation_file) or remove metric_threshold")
+        raise SphanaError(f"{cfg.component} config: metric_threshold is set but there is no validation split; "
+                          f"add validation.jsonl (or validation_file) or remove metric_threshold")
     if not len(task.train_data): raise SphanaError(f"{cfg.component}: the training set is empty")
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    return _Loop(cfg, task, run_dir, mlflow or Mlflow(cfg.model_copy(update={"log_to_mlflow": False}), run_dir)).run(resume, stop_after_step)
+    hooks = list(hooks or []) + env_hooks() + ([interrupt_after(stop_after_step)] if stop_after_step else [])
+    ml = mlflow or Mlflow(cfg.model_copy(update={"log_to_mlflow": False}), run_dir)
+    return _Loop(cfg, task, run_dir, ml, hooks).run(resume)
 
 def check_threshold(cfg, result:RunResult, metric:str, greater_is_better:bool=True):
     "Raise `SphanaError` naming metric, value and threshold when the best validation metric misses `metric_threshold`."
     thr = cfg.metric_threshold
     if thr is None: return
     v = result.best_metric
-    ok = v is not None and (v >= thr if greater_is_better else v <= thr)
-    if not ok:
-        shown = "n/a" if v is None else f"{v:.4f}"
-        raise SphanaError(f"validation {metric} = {shown} {'is below' if greater_is_better else 'is above'} metric_threshold {thr}; "
-                          f"the artifact was not published (run kept in {result.run_dir}); improve training or lower metric_threshold")
+    if v is not None and (v >= thr if greater_is_better else v <= thr): return
+    shown = "n/a" if v is None else f"{v:.4f}"
+    raise SphanaError(f"validation {metric} = {shown} {'is below' if greater_is_better else 'is above'} metric_threshold {thr}; "
+                      f"the artifact was not published (run kept in {result.run_dir}); improve training or lower metric_threshold")
