@@ -101,3 +101,43 @@ def test_verbose_switch():
     r = run(str(BIN/"sphana-trainer"), "--verbose", "dataset-validate", "--help")
     assert r.returncode == 0 and "--type" in r.stdout
     assert "-v, --verbose" in run(str(BIN/"sphana-trainer"), "--help").stdout
+
+def test_config_ranges_checked_before_work(tmp_path):
+    "Out-of-range values stop the command before any work: one line `file:line: key 'x': ...`, exit 2."
+    cases = [(["ingest"], "chunk_size: 64\nchunk_overlap: 64\n", 2, "chunk_overlap", "must be smaller than chunk_size (64)"),
+             (["ingest"], "seed: 1\nrelation_threshold: 1.5\n", 2, "relation_threshold", "less than or equal to 1"),
+             (["ingest"], "chunk_overlap: -4\n", 1, "chunk_overlap", "greater than or equal to 0"),
+             (["train", "embedding"], "seed: 1\nepochs: 0\n", 2, "epochs", "greater than or equal to 1"),
+             (["train", "embedding"], "learning_rate: 0\n", 1, "learning_rate", "greater than 0"),
+             (["train", "embedding"], "batch_size: 0\n", 1, "batch_size", "greater than or equal to 1"),
+             (["train", "embedding"], "seed: 1\n\ntemperature: -0.1\n", 3, "temperature", "greater than 0"),
+             (["train", "embedding"], "warmup_ratio: 1\n", 1, "warmup_ratio", "less than 1"),
+             (["train", "embedding"], "max_seq_length: 1\n", 1, "max_seq_length", "greater than or equal to 2")]
+    from typer.testing import CliRunner
+    from sphana_trainer.cli import app
+    for i, (cmd, text, line, key, msg) in enumerate(cases):
+        cfg = tmp_path/"r.yaml"; cfg.write_text(text)
+        if i in (0, 3): r = run(str(BIN/"sphana-trainer"), *cmd, "--config", str(cfg))   # the console script ...
+        else:                                                                            # ... and the same app in-process
+            r = CliRunner().invoke(app, [*cmd, "--config", str(cfg)]); r.returncode = r.exit_code
+        assert r.returncode == 2, (text, r.stdout + r.stderr)
+        assert r.stderr.startswith(f"error: {cfg}:{line}: key '{key}': ") and msg in r.stderr, (text, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+def test_input_dir_means_input_and_hints_keep_meaning(tmp_path):
+    "`input_dir` is the ingest input; a misspelled input key is never answered with an output key."
+    docs = tmp_path/"docs"; docs.mkdir(); (docs/"a.txt").write_text("Ada Lovelace wrote the first program.\n")
+    cfg = tmp_path/"i.yaml"
+    cfg.write_text(f"input_dir: {docs}\noutput_dir: {tmp_path/'out'}\ncache_dir: {tmp_path/'cache'}\n")
+    r = run(str(BIN/"sphana-trainer"), "ingest", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path/"out"/"ingest_meta.json").read_text())["input"]["path"] == str(docs)
+    assert [p.name for p in docs.iterdir()] == ["a.txt"]
+    for key in ("input_folder", "inputdir", "imput_dir"):
+        cfg.write_text(f"{key}: {docs}\n")
+        r = run(str(BIN/"sphana-trainer"), "ingest", "--config", str(cfg))
+        assert r.returncode == 2 and "unknown key" in r.stderr and "output" not in r.stderr, r.stderr
+        assert "did you mean 'input" in r.stderr, r.stderr
+    cfg.write_text(f"input_dir: {docs}\ninput: {docs}\n")
+    r = run(str(BIN/"sphana-trainer"), "ingest", "--config", str(cfg))
+    assert r.returncode == 2 and f"{cfg}:1: key 'input_dir': 'input_dir' and 'input' are the same setting" in r.stderr, r.stderr

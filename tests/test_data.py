@@ -170,3 +170,15 @@ def test_val_ratio_zero_writes_no_validation(tmp_path):
         assert sorted(out.rglob("validation.jsonl")) == [], r.stdout              # none written, the old ones removed
         assert {p.parent.name for p in out.rglob("train.jsonl")} == kinds
         assert "0 validation" in r.stdout
+
+def test_outputs_follow_umask(tmp_path):
+    "Files written atomically get the mode a plain open() would give them: 0644 under umask 022, 0600 under 077."
+    import stat
+    ex = write_example_ingest(tmp_path/"ingest")
+    for um, want in ((0o022, 0o644), (0o077, 0o600)):
+        out = tmp_path/f"o{um:o}"
+        r = subprocess.run([CLI, "dataset-build-from-ingest", str(ex), "--output-dir", str(out)], capture_output=True, text=True,
+                           cwd=ROOT, umask=um)
+        assert r.returncode == 0, r.stderr
+        modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+        assert modes and set(modes.values()) == {want}, (oct(um), {k: oct(v) for k, v in modes.items()})
