@@ -8,7 +8,7 @@ import json, os
 from pathlib import Path
 from typing import Annotated, Optional
 import typer
-from .core import SphanaError
+from .core import SphanaError, get_logger
 
 # %% auto #0
 __all__ = ['register']
@@ -19,7 +19,9 @@ def _load(config:Path, **overrides):
     from sphana_trainer.config import load_config, resolve_path
     cfg = load_config(config, "ingest", overrides)
     inp = resolve_path(cfg.input)
-    if not inp.exists(): raise SphanaError(f"{config}: input {inp} not found; fix 'input' (a JSONL file or a folder of documents)")
+    if not inp.exists(): raise SphanaError(f"{config}: input {inp} not found; fix 'input' (or 'input_dir': a JSONL file or a folder of documents)")
+    if "input" not in cfg.model_fields_set:
+        get_logger().warning(f"{config}: no 'input' (or 'input_dir') set: ingesting the bundled sample documents ({cfg.input})")
     return cfg
 
 def _summary(res) -> list[str]:
