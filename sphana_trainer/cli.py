@@ -24,6 +24,13 @@ class _Group(TyperGroup):
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(SphanaError.exit_code)
 
+    def format_commands(self, ctx, formatter):
+        "The command list with each command's whole first sentence (wrapped), not cut off with `...`."
+        rows = [(n, (c.short_help or c.help or "").split(". ")[0].strip().rstrip(".")) for n in self.list_commands(ctx)
+                if (c := self.get_command(ctx, n)) is not None and not c.hidden]
+        if rows:
+            with formatter.section("Commands"): formatter.write_dl(rows)
+
 typer.core.HAS_RICH = False   # plain help everywhere: nothing cut off at 80 columns, every default shown
 
 app = typer.Typer(cls=_Group, name="sphana-trainer", no_args_is_help=True, add_completion=False,
@@ -62,7 +69,7 @@ def dataset_stats_cmd(
 
 # %% ../nbs/80_cli.ipynb #fe179488
 COMMAND_MODULES = ["sphana_trainer.cli_wiki", "sphana_trainer.cli_ingest", "sphana_trainer.cli_data", "sphana_trainer.cli_train",
-                   "sphana_trainer.cli_release"]
+                   "sphana_trainer.cli_release", "sphana_trainer.cli_workflow"]
 
 for _m in COMMAND_MODULES:
     if importlib.util.find_spec(_m) is not None: importlib.import_module(_m).register(app)
