@@ -47,7 +47,8 @@ def set_verbose(verbose:bool|None=None, # None: follow `SPHANA_VERBOSE`
     get_logger().setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in QUIET_LOGGERS: logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
     warnings.filters[:] = [f for f in warnings.filters if f[0:1] != ("ignore",) or f[2] is not Warning]
-    if not verbose:
+    if verbose: warnings.simplefilter("default")   # every warning once per place, deprecations included
+    else:
         warnings.filterwarnings("ignore", category=Warning)
         warnings.filterwarnings("default", category=Warning, module="sphana_trainer")
     return verbose
