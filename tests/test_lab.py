@@ -96,3 +96,110 @@ def test_notebook_runs_top_to_bottom_in_the_kernel(name, tmp_path, monkeypatch):
     monkeypatch.setenv("SPHANA_WORKSPACE", str(tmp_path/"ws"))
     nb = run_in_kernel(ROOT/"nbs"/name)
     assert not [o for o in outputs(nb) if o["output_type"] == "error"]
+
+def test_make_lab_prints_a_working_url(tmp_path):
+    "`make lab PORT=...` prints the URL with its token, and that URL opens JupyterLab (the install step is taken as done)."
+    port = free_port()
+    env = {**os.environ, "JUPYTER_TOKEN": "", "JUPYTER_RUNTIME_DIR": str(tmp_path/"runtime")}
+    proc = subprocess.Popen(["make", "-s", "-o", ".venv/.installed", "lab", f"PORT={port}"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        seen, url = [], None
+        t = time.monotonic()
+        while url is None and time.monotonic() - t < 90:
+            line = proc.stdout.readline()
+            if not line: break
+            seen.append(line)
+            m = re.search(rf"http://127\.0\.0\.1:{port}/lab\?token=(\w+)", line)
+            if m: url, token = m.group(0), m.group(1)
+        assert url, "no URL printed:\n" + "".join(seen)
+        assert len(token) >= 32
+        base = f"http://127.0.0.1:{port}"
+        status = json.loads(wait_http_ok(f"{base}/api/status?token={token}", proc))
+        assert "started" in status
+        st, body = http_get(url, timeout=30)
+        assert st == 200 and "JupyterLab" in body
+        assert http_get(f"{base}/api/status")[0] == 403      # no token, no access
+        specs = json.loads(http_get(f"{base}/api/kernelspecs?token={token}")[1])
+        assert specs["default"] == KERNEL_NAME and KERNEL_NAME in specs["kernelspecs"]
+        assert specs["kernelspecs"][KERNEL_NAME]["spec"]["display_name"] == KERNEL_DISPLAY_NAME
+    finally: stop(proc)
+
+# The browser run: a copy of runs/train_embedding.ipynb whose parameters cell names a tiny random model, served from a
+# folder laid out like the repository (settings.ini, configs/, runs/) so the run notebook finds its project root.
+def tiny_run_copy(tmp_path) -> Path:
+    from sphana_trainer.hub import tiny_bert
+    model = tiny_bert(tmp_path/"tiny", words="who founded helix labs where is varno".split())
+    root = tmp_path/"repo"; (root/"runs").mkdir(parents=True)
+    shutil.copy(ROOT/"settings.ini", root); shutil.copytree(ROOT/"configs", root/"configs")
+    nb = nbformat.read(ROOT/"runs"/"train_embedding.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    overrides = {"model_name": str(model), "max_steps": 3, "batch_size": 8, "version": "lab-test",
+                 "export": {"min_cosine_int8": 0.0, "max_metric_drop_int8": 1.0}}
+    lines = params.source.splitlines()     # what a person does: edit the `overrides = ...` line, keep the rest
+    i = next(i for i, l in enumerate(lines) if l.startswith("overrides ="))
+    lines[i] = f"overrides = {overrides!r}"; params.source = "\n".join(lines)
+    nbformat.write(nb, root/"runs"/"train_embedding.ipynb")
+    # all cells in the DOM (no virtual scrolling), and settings/workspaces of this test only
+    tracker = root.parent/"lab-settings"/"@jupyterlab"/"notebook-extension"/"tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True); tracker.write_text(json.dumps({"windowingMode": "none"}))
+    news = root.parent/"lab-settings"/"@jupyterlab"/"apputils-extension"/"notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True); news.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    return root
+
+PROMPTS_JS = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent)"
+# JupyterLab 4 renders an error as stderr text; a traceback tells it from log lines
+ERRORS = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Traceback (most recent call last)')"
+IDLE = f".jp-StatusBar-TextItem:has-text('{KERNEL_DISPLAY_NAME} | Idle')"
+
+def test_lab_runs_a_run_notebook_in_the_browser(tmp_path):
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium (the browser test drives JupyterLab with it)"
+    from playwright.sync_api import sync_playwright
+    root, port, token, ws = tiny_run_copy(tmp_path), free_port(), secrets.token_hex(24), tmp_path/"ws"
+    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "JUPYTER_RUNTIME_DIR": str(tmp_path/"runtime")}
+    proc = subprocess.Popen([str(BIN/"jupyter"), "lab", "--no-browser", "--ip", "127.0.0.1", "--port", str(port),
+                             "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", "--allow-root",
+                             f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={tmp_path/'lab-settings'}",
+                             f"--LabApp.workspaces_dir={tmp_path/'lab-workspaces'}"],
+                            env=env, stdout=open(tmp_path/"lab.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        wait_http_ok(f"{base}/api/status?token={token}", proc)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 2400})
+            try:
+                page.goto(f"{base}/lab/tree/runs/train_embedding.ipynb?token={token}")
+                page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=120_000)
+                page.wait_for_selector(f".jp-Toolbar-kernelName:has-text('{KERNEL_DISPLAY_NAME}')", timeout=60_000)
+                page.wait_for_selector(IDLE, timeout=120_000)       # the kernel is up (Run All before that asks for one)
+                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+                t, quiet = time.monotonic(), 0
+                while time.monotonic() - t < 420 and quiet < 3:    # until nothing is queued and the kernel is idle
+                    prompts = page.evaluate(PROMPTS_JS)
+                    quiet = quiet + 1 if "[*]:" not in prompts and page.locator(IDLE).count() else 0
+                    time.sleep(1)
+                print(f"run all: {time.monotonic() - t:.0f}s")
+                page.screenshot(path=str(SHOTS/"train_embedding.png"), full_page=True)
+                errors = page.locator(ERRORS).all_inner_texts()
+                assert not errors, "\n".join(errors)[-3000:]
+                assert all(re.fullmatch(r"\[\d+\]:", p) for p in prompts), prompts
+                assert page.locator(".jp-OutputArea .jp-RenderedImage img").count() >= 1
+                assert page.locator(".jp-OutputArea .widget-hprogress .progress-bar").count() >= 1   # tqdm widget bars
+                assert "lab-test" in " ".join(page.locator(".jp-Notebook .jp-OutputArea").all_inner_texts())   # the version
+                page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
+                page.locator(".lm-Menu-itemLabel", has_text="Save Notebook").first.click()
+                page.wait_for_function("() => !document.querySelector('.lm-TabBar-tab.jp-mod-dirty')", timeout=30_000)
+            finally: browser.close()
+        sessions = json.loads(http_get(f"{base}/api/sessions?token={token}")[1])
+        assert [s["kernel"]["name"] for s in sessions] == [KERNEL_NAME]
+        saved = nbformat.read(root/"runs"/"train_embedding.ipynb", as_version=4)    # the outputs, as saved by the lab
+        assert all(c.execution_count for c in saved.cells if c.cell_type == "code")
+        assert any("image/png" in o.get("data", {}) for o in outputs(saved))
+        assert not [o for o in outputs(saved) if o["output_type"] == "error"]
+        assert (ws/"artifacts"/"embedding"/"lab-test"/"onnx"/"model.quant.onnx").is_file()
+        assert not (root/"runs"/"target").exists()      # the kernel worked from the project root, not runs/
+    finally:
+        stop(proc)
