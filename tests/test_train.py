@@ -133,3 +133,52 @@ def test_mlflow_server_roundtrip(tmp_path, toy):
         assert sorted(r.info.run_name for r in kids) == ["grid-trial-00", "grid-trial-01"]
     finally:
         os.killpg(srv.pid, signal.SIGTERM); srv.wait(timeout=30)
+
+def popen(args, ws, env_extra=None):
+    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen([CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+def test_parallel_runs_default_version(tmp_path, toy):
+    "Two runs started together on the default version: both published under distinct versions, both complete."
+    ws = tmp_path/"ws"
+    cfg = write_cfg(tmp_path/"c.yaml", toy, epochs=1, eval_every_steps=None, version=None)
+    ps = [popen(["train", "embedding", "--config", str(cfg)], ws) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in ps]
+    assert [p.returncode for p in ps] == [0, 0], [o[1][-2000:] for o in outs]
+    vs = sorted(p.name for p in art(ws).iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(vs) == 2 and all((art(ws)/v/"metadata.json").is_file() for v in vs), vs
+    for v in vs:
+        lines = [json.loads(l) for l in (art(ws)/v/"metrics.jsonl").read_text().splitlines()]
+        assert [l["step"] for l in lines if l["type"] == "step"] == list(range(1, 7))  # one run's steps, not interleaved
+    assert json.loads((art(ws)/"latest.json").read_text())["version"] in vs
+    assert not list(art(ws).glob(".*.partial*"))
+
+def test_version_in_use_is_refused(tmp_path, toy):
+    ws = tmp_path/"ws"
+    slow = write_cfg(tmp_path/"slow.yaml", toy, epochs=40, eval_every_steps=None, version="v1")
+    a = popen(["train", "embedding", "--config", str(slow)], ws)
+    lock = art(ws)/".locks"/"v1.lock"
+    for _ in range(600):
+        if lock.is_file() and "pid" in lock.read_text(): break
+        time.sleep(0.1)
+    r = cli(["train", "embedding", "--config", str(slow)], ws, check=False)
+    assert r.returncode == 2 and "is in use by pid" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    out, err = a.communicate(timeout=600)
+    assert a.returncode == 0, err[-2000:]
+    assert (art(ws)/"v1"/"metadata.json").is_file()
+
+def test_resume_messages_and_zero_epochs(tmp_path, toy):
+    ws = tmp_path/"ws"
+    cfg = write_cfg(tmp_path/"c.yaml", toy, epochs=1, eval_every_steps=None)
+    for arg, msg in (("lastest", "no such run or checkpoint"), ("/no/such/step", "no such run or checkpoint"),
+                     ("latest", "no interrupted run")):
+        r = cli(["train", "embedding", "--config", str(cfg), "--resume", arg], ws, check=False)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    cli(["train", "embedding", "--config", str(cfg)], ws)
+    before = (art(ws)/"latest.json").read_bytes()
+    r = cli(["train", "embedding", "--config", str(cfg), "--resume", "latest"], ws, check=False)
+    assert r.returncode == 2 and "nothing to resume: v1 is already published" in r.stderr, r.stderr
+    zero = write_cfg(tmp_path/"z.yaml", toy, epochs=0, version="v0")
+    r = cli(["train", "embedding", "--config", str(zero)], ws, check=False)
+    assert r.returncode == 2 and "epochs" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (art(ws)/"latest.json").read_bytes() == before and not (art(ws)/"v0").exists()
