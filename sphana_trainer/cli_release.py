@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Root', 'Manifest', 'Config', 'Json', 'parse_sets', 'register']
 
-# %% ../nbs/85_cli.release.ipynb #f16a438c
+# %% ../nbs/85_cli.release.ipynb #2cfd6d07
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,7 +13,7 @@ import typer
 import yaml
 from .core import SphanaError
 
-# %% ../nbs/85_cli.release.ipynb #7832bc66
+# %% ../nbs/85_cli.release.ipynb #18df5d93
 def parse_sets(items:list[str]|None) -> dict:
     "`['export.opset=17', ...]` as nested overrides `{'export': {'opset': 17}}`."
     out = {}
@@ -24,13 +24,13 @@ def parse_sets(items:list[str]|None) -> dict:
         node[parts[-1]] = yaml.safe_load(val) if val.strip() else None
     return out
 
-# %% ../nbs/85_cli.release.ipynb #acf23791
+# %% ../nbs/85_cli.release.ipynb #2ec4afc2
 Root = Annotated[Optional[Path], typer.Option("--artifact-root", help="Artifact root (default: <workspace>/artifacts)")]
 Manifest = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest path (default: from the config, else <workspace>/manifests/latest.json)")]
 Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="Release config, e.g. configs/export/base.yaml")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
-# %% ../nbs/85_cli.release.ipynb #9304b36e
+# %% ../nbs/85_cli.release.ipynb #ab17cb7f
 def _reexport(component:str, run:str, cfg_path:Path|None, sets:list|None, root:Path|None, version:str|None):
     "Re-export one trained run: the release config's ONNX settings for it, then `--set` values."
     from sphana_trainer.release.manifest import _lifecycle, load_release_config, onnx_settings
@@ -42,7 +42,7 @@ def _reexport(component:str, run:str, cfg_path:Path|None, sets:list|None, root:P
     typer.echo(f"{component} {r.version}: re-exported from {run}")
     typer.echo(f"artifact: {r.artifact_dir}")
 
-# %% ../nbs/85_cli.release.ipynb #55b1cb9a
+# %% ../nbs/85_cli.release.ipynb #fcba3375
 def _export(config, component, run, sets, version, artifact_root, manifest):
     if component or run:
         if not (component and run): raise SphanaError("--component and --run go together, e.g. --component embedding --run 0.1.0")
@@ -57,7 +57,7 @@ def _export(config, component, run, sets, version, artifact_root, manifest):
     for x in r.reexported: typer.echo(f"re-exported: {x}")
     typer.echo(f"manifest: {r.manifest_path}")
 
-# %% ../nbs/85_cli.release.ipynb #c878872c
+# %% ../nbs/85_cli.release.ipynb #fa0b6fe9
 def _package(ctx:typer.Context, config, artifact_root, manifest, output):
     if ctx.invoked_subcommand is not None: return
     if config is None: raise SphanaError("package: pass --config (e.g. configs/export/base.yaml), or use `package verify PATH`")
@@ -71,7 +71,7 @@ def _verify(path:Path):
     for line in verify_package(path).lines(): typer.echo(line)
     typer.echo("OK")
 
-# %% ../nbs/85_cli.release.ipynb #7856ae64
+# %% ../nbs/85_cli.release.ipynb #eb45dbd9
 def _list(artifact_root, as_json):
     from sphana_trainer.release.registry import format_list, list_artifacts
     rows = list_artifacts(artifact_root)
@@ -90,7 +90,7 @@ def _promote(component, version, artifact_root, manifest, reason, force, require
     forced = f" (forced over: {'; '.join(e['promotion']['gate_failures'])})" if e["promotion"]["forced"] else ""
     typer.echo(f"promoted {component} {version} into {man}{forced}")
 
-# %% ../nbs/85_cli.release.ipynb #7b35285b
+# %% ../nbs/85_cli.release.ipynb #be7d586a
 def _bundle(component, version, dest, artifact_root):
     from sphana_trainer.release.registry import bundle
     typer.echo(f"bundle: {bundle(artifact_root, component, version, dest)}")
@@ -99,7 +99,7 @@ def _samples(component, version, output, artifact_root, n):
     from sphana_trainer.release.registry import parity_samples
     typer.echo(f"parity samples: {parity_samples(artifact_root, component, version, output, n)}")
 
-# %% ../nbs/85_cli.release.ipynb #f1cec8a1
+# %% ../nbs/85_cli.release.ipynb #c1a96cb1
 def register(app):
     "Add `export`, `package` (+ `verify`) and `artifacts` to `app`."
     @app.command("export")
@@ -113,7 +113,7 @@ def register(app):
         _export(config, component, run, set_, version, artifact_root, manifest)
     _register_package(app); _register_artifacts(app)
 
-# %% ../nbs/85_cli.release.ipynb #fc6acccb
+# %% ../nbs/85_cli.release.ipynb #e4f750df
 def _register_package(app):
     pkg = typer.Typer(invoke_without_command=True, help="Write the release tarball (<manifest>.tar.gz); `package verify PATH` checks one.")
     app.add_typer(pkg, name="package")
@@ -127,7 +127,7 @@ def _register_package(app):
         "Safe extraction, sha256 of every file, manifest schema, ONNX Runtime parity samples of every model."
         _verify(path)
 
-# %% ../nbs/85_cli.release.ipynb #4caed03c
+# %% ../nbs/85_cli.release.ipynb #180dbc5f
 def _register_artifacts(app):
     art = typer.Typer(no_args_is_help=True, help="List, diff, promote and bundle published artifact versions.")
     app.add_typer(art, name="artifacts")
@@ -141,7 +141,7 @@ def _register_artifacts(app):
         _diff(component, v1, v2, artifact_root, as_json)
     _register_artifacts2(art)
 
-# %% ../nbs/85_cli.release.ipynb #1eb467bb
+# %% ../nbs/85_cli.release.ipynb #24a42eff
 def _register_artifacts2(art):
     @art.command("promote")
     def promote(component: str, version: str, artifact_root: Root = None,
