@@ -40,25 +40,22 @@ lab: install
 SAMPLE := sphana_trainer/sample_data
 ST     := $(BIN)/sphana-trainer
 WS     := $(or $(SPHANA_WORKSPACE),target)
-## Run the main job on the bundled sample data (offline default): validate the bundled datasets, ingest the
-## bundled documents, build datasets from the ingest, train + export the embedding encoder.
+## Run the main job on the bundled sample data (offline default): validate the bundled datasets, then one workflow:
+## ingest the bundled documents (spaCy), build datasets, train every component (packaged MiniLM / SmolLM2), export,
+## package + verify, promote the encoder. Each stage leaves report.ipynb/.html/.json beside its output; run it again
+## and the unchanged stages are skipped (an interrupted training resumes from its checkpoint).
+DEMO_SETS ?= --set ingest.parser=spacy
 demo: install
-	@echo "== 1/5 validate the bundled datasets"
+	@echo "== 1/2 validate the bundled datasets"
 	@for k in embedding relation gnn ner llm; do for s in train validation; do \
 	  $(ST) dataset-validate $(SAMPLE)/$$k/$$s.jsonl --type $$k || exit $$?; done; done
-	@echo "== 2/5 ingest the bundled documents"
-	$(ST) ingest --config configs/ingest/base.yaml
-	$(ST) ingest-validate --config configs/ingest/base.yaml --stats
-	@echo "== 3/5 build datasets from the ingest"
-	$(ST) dataset-build-from-ingest $(WS)/ingest --output-dir $(WS)/datasets/sample
-	@for k in embedding relation gnn; do $(ST) dataset-validate $(WS)/datasets/sample/$$k/train.jsonl --type $$k || exit $$?; done
-	@echo "== 4/5 dataset statistics"
-	@for k in embedding relation gnn ner llm; do \
-	  $(ST) dataset-stats $(SAMPLE)/$$k/train.jsonl --type $$k > $(WS)/datasets/sample/$$k.stats.json || exit $$?; \
-	  echo "stats: $(WS)/datasets/sample/$$k.stats.json"; done
-	@echo "== 5/5 train the embedding encoder, export ONNX fp32 + int8 with parity checks"
-	$(ST) train embedding --config configs/embedding/base.yaml
-	@echo "demo done: artifacts under $(WS)/artifacts"
+	@echo "== 2/2 workflow: ingest -> datasets -> train -> export -> package (+ verify) -> promote"
+	$(ST) workflow run --ingest-config configs/ingest/base.yaml $(DEMO_SETS) \
+	  --build-datasets --dataset-output-dir $(WS)/datasets/sample \
+	  --embedding-config configs/embedding/base.yaml --relation-config configs/relation/base.yaml \
+	  --gnn-config configs/gnn/base.yaml --ner-config configs/ner/base.yaml --llm-config configs/llm/base.yaml \
+	  --export-config configs/export/base.yaml --package-config configs/export/base.yaml \
+	  --promote-component embedding --manifest $(WS)/manifests/latest.json
 
 ## In-sync check, notebook tests, integration tests. Prints a pytest summary; non-zero on failure.
 test: install chromium
