@@ -203,3 +203,16 @@ def test_lab_runs_a_run_notebook_in_the_browser(tmp_path):
         assert not (root/"runs"/"target").exists()      # the kernel worked from the project root, not runs/
     finally:
         stop(proc)
+
+RUN_NBS = sorted((ROOT/"runs").glob("*.ipynb"))
+
+@pytest.mark.parametrize("path", RUN_NBS, ids=[p.name for p in RUN_NBS])
+def test_run_notebook_opens_in_the_lab_as_papermill_runs_it(path):
+    "Each run notebook asks for the project's kernel and, right after its parameters, moves to the project root."
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL_NAME, f"{path.name}: set the kernelspec to {KERNEL_NAME!r}"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    i = next((i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])), None)
+    assert i is not None, f"{path.name}: no cell tagged `parameters`"
+    assert i + 1 < len(code) and "use_project_root()" in code[i + 1].source, \
+        f"{path.name}: call sphana_trainer.lab.use_project_root() in the cell after the parameters"
