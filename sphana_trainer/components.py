@@ -10,3 +10,5 @@ from .train.component import REGISTRY, get_component
 from .train import embedding  # noqa: F401
 from .train import llm  # noqa: F401
 from .train import gnn  # noqa: F401
+from .train import relation  # noqa: F401
+from .train import ner  # noqa: F401
