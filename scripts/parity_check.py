@@ -32,9 +32,11 @@ def check(samples_path, model_dir):
             got = sess.run(names, {k: tensor(v) for k, v in b["inputs"].items()})
             for n, g in zip(names, got):
                 e = tensor(b["outputs"][fname][n]).astype(np.float64)
-                worst = max(worst, float(np.abs(e - g).max(initial=0) / (np.abs(e).max(initial=0) or 1.0)) if e.shape == g.shape else np.inf)
+                d = np.abs(e - g).max(initial=0) / (np.abs(e).max(initial=0) or 1.0) if e.shape == g.shape else np.inf
+                worst = max(worst, float(d))
         passed = worst < tol; ok &= passed
-        print(f"{s.get('component', '?')} {s.get('version', '?')} {fname}: max drift {worst:.3e} ({'ok' if passed else 'FAIL'}, tolerance {tol})")
+        who = f"{s.get('component', '?')} {s.get('version', '?')} {fname}"
+        print(f"{who}: max drift {worst:.3e} ({'ok' if passed else 'FAIL'}, tolerance {tol})")
     return ok
 
 

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Root', 'Manifest', 'Config', 'Json', 'parse_sets', 'register']
 
-# %% ../nbs/85_cli.release.ipynb #2cfd6d07
+# %% ../nbs/85_cli.release.ipynb #c05dd235
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,7 +13,7 @@ import typer
 import yaml
 from .core import SphanaError
 
-# %% ../nbs/85_cli.release.ipynb #18df5d93
+# %% ../nbs/85_cli.release.ipynb #c62c2aed
 def parse_sets(items:list[str]|None) -> dict:
     "`['export.opset=17', ...]` as nested overrides `{'export': {'opset': 17}}`."
     out = {}
@@ -24,30 +24,34 @@ def parse_sets(items:list[str]|None) -> dict:
         node[parts[-1]] = yaml.safe_load(val) if val.strip() else None
     return out
 
-# %% ../nbs/85_cli.release.ipynb #2ec4afc2
+# %% ../nbs/85_cli.release.ipynb #91b3f4a9
 Root = Annotated[Optional[Path], typer.Option("--artifact-root", help="Artifact root (default: <workspace>/artifacts)")]
-Manifest = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest path (default: from the config, else <workspace>/manifests/latest.json)")]
+Manifest = Annotated[Optional[Path], typer.Option(
+    "--manifest", help="Manifest path (default: from the config, else <workspace>/manifests/latest.json)")]
 Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="Release config, e.g. configs/export/base.yaml")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
-# %% ../nbs/85_cli.release.ipynb #ab17cb7f
+# %% ../nbs/85_cli.release.ipynb #7efa9e52
 def _reexport(component:str, run:str, cfg_path:Path|None, sets:list|None, root:Path|None, version:str|None):
     "Re-export one trained run: the release config's ONNX settings for it, then `--set` values."
     from sphana_trainer.release.manifest import _lifecycle, load_release_config, onnx_settings
     over = {"export": onnx_settings(load_release_config(cfg_path), component)} if cfg_path else {}
-    for k, v in parse_sets(sets).items(): over[k] = {**over.get(k, {}), **v} if isinstance(v, dict) and isinstance(over.get(k), dict) else v
+    for k, v in parse_sets(sets).items():
+        over[k] = {**over[k], **v} if isinstance(v, dict) and isinstance(over.get(k), dict) else v
     lc = _lifecycle()
     if lc is None: raise SphanaError("export --component needs sphana_trainer.lifecycle, which this installation lacks")
     r = lc.export_run(component, run, over, artifact_root=root, version=version)
     typer.echo(f"{component} {r.version}: re-exported from {run}")
     typer.echo(f"artifact: {r.artifact_dir}")
 
-# %% ../nbs/85_cli.release.ipynb #fcba3375
+# %% ../nbs/85_cli.release.ipynb #1a56ae52
 def _export(config, component, run, sets, version, artifact_root, manifest):
     if component or run:
-        if not (component and run): raise SphanaError("--component and --run go together, e.g. --component embedding --run 0.1.0")
+        if not (component and run):
+            raise SphanaError("--component and --run go together, e.g. --component embedding --run 0.1.0")
         return _reexport(component, run, config, sets, artifact_root, version)
-    if config is None: raise SphanaError("export: pass --config (e.g. configs/export/base.yaml), or --component NAME --run VERSION")
+    if config is None:
+        raise SphanaError("export: pass --config (e.g. configs/export/base.yaml), or --component NAME --run VERSION")
     from sphana_trainer.release.manifest import load_release_config, run_export
     r = run_export(load_release_config(config), artifact_root, manifest)
     for c, v in r.versions.items():
@@ -57,21 +61,22 @@ def _export(config, component, run, sets, version, artifact_root, manifest):
     for x in r.reexported: typer.echo(f"re-exported: {x}")
     typer.echo(f"manifest: {r.manifest_path}")
 
-# %% ../nbs/85_cli.release.ipynb #fa0b6fe9
+# %% ../nbs/85_cli.release.ipynb #36ef35e9
 def _package(ctx:typer.Context, config, artifact_root, manifest, output):
     if ctx.invoked_subcommand is not None: return
-    if config is None: raise SphanaError("package: pass --config (e.g. configs/export/base.yaml), or use `package verify PATH`")
+    if config is None:
+        raise SphanaError("package: pass --config (e.g. configs/export/base.yaml), or use `package verify PATH`")
     from sphana_trainer.release.manifest import load_release_config
     from sphana_trainer.release.package import run_package
     r = run_package(load_release_config(config), artifact_root, manifest, output)
-    typer.echo(f"package: {r.path}"); typer.echo(f"sha256: {r.sha256}"); typer.echo(f"{len(r.members)} members, {r.bytes} bytes")
+    typer.echo(f"package: {r.path}\nsha256: {r.sha256}\n{len(r.members)} members, {r.bytes} bytes")
 
 def _verify(path:Path):
     from sphana_trainer.release.package import verify_package
     for line in verify_package(path).lines(): typer.echo(line)
     typer.echo("OK")
 
-# %% ../nbs/85_cli.release.ipynb #eb45dbd9
+# %% ../nbs/85_cli.release.ipynb #51f08d39
 def _list(artifact_root, as_json):
     from sphana_trainer.release.registry import format_list, list_artifacts
     rows = list_artifacts(artifact_root)
@@ -90,7 +95,7 @@ def _promote(component, version, artifact_root, manifest, reason, force, require
     forced = f" (forced over: {'; '.join(e['promotion']['gate_failures'])})" if e["promotion"]["forced"] else ""
     typer.echo(f"promoted {component} {version} into {man}{forced}")
 
-# %% ../nbs/85_cli.release.ipynb #be7d586a
+# %% ../nbs/85_cli.release.ipynb #d7add622
 def _bundle(component, version, dest, artifact_root):
     from sphana_trainer.release.registry import bundle
     typer.echo(f"bundle: {bundle(artifact_root, component, version, dest)}")
@@ -99,27 +104,32 @@ def _samples(component, version, output, artifact_root, n):
     from sphana_trainer.release.registry import parity_samples
     typer.echo(f"parity samples: {parity_samples(artifact_root, component, version, output, n)}")
 
-# %% ../nbs/85_cli.release.ipynb #c1a96cb1
+# %% ../nbs/85_cli.release.ipynb #690e5a62
 def register(app):
     "Add `export`, `package` (+ `verify`) and `artifacts` to `app`."
     @app.command("export")
     def export(config: Config = None,
-               component: Annotated[Optional[str], typer.Option(help="Re-export one trained run of this component (with --run)")] = None,
+               component: Annotated[Optional[str], typer.Option(
+                   help="Re-export one trained run of this component (with --run)")] = None,
                run: Annotated[Optional[str], typer.Option(help="Version or run folder to re-export")] = None,
-               set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE for a re-export, e.g. export.quantize=false (repeat)")] = None,
-               version: Annotated[Optional[str], typer.Option(help="Version to publish a re-export as (default: <run>-x<N>)")] = None,
+               set_: Annotated[Optional[list[str]], typer.Option(
+                   "--set", help="KEY=VALUE for a re-export, e.g. export.quantize=false (repeat)")] = None,
+               version: Annotated[Optional[str], typer.Option(
+                   help="Version to publish a re-export as (default: <run>-x<N>)")] = None,
                artifact_root: Root = None, manifest: Manifest = None):
-        "Check that the release's components are trained and exported (re-export where needed), store parity samples, write the manifest."
+        "Check the release's components are trained and exported (re-export if needed), write samples and manifest."
         _export(config, component, run, set_, version, artifact_root, manifest)
     _register_package(app); _register_artifacts(app)
 
-# %% ../nbs/85_cli.release.ipynb #e4f750df
+# %% ../nbs/85_cli.release.ipynb #4670ea24
 def _register_package(app):
-    pkg = typer.Typer(invoke_without_command=True, help="Write the release tarball (<manifest>.tar.gz); `package verify PATH` checks one.")
+    pkg = typer.Typer(invoke_without_command=True,
+                      help="Write the release tarball (<manifest>.tar.gz); `package verify PATH` checks one.")
     app.add_typer(pkg, name="package")
     @pkg.callback()
     def package(ctx: typer.Context, config: Config = None, artifact_root: Root = None, manifest: Manifest = None,
-                output: Annotated[Optional[Path], typer.Option(help="Tarball path (default: the manifest path with .tar.gz)")] = None):
+                output: Annotated[Optional[Path], typer.Option(
+                    help="Tarball path (default: the manifest path with .tar.gz)")] = None):
         "Package the manifest and every file it lists into a reproducible .tar.gz (atomic)."
         _package(ctx, config, artifact_root, manifest, output)
     @pkg.command("verify")
@@ -127,7 +137,7 @@ def _register_package(app):
         "Safe extraction, sha256 of every file, manifest schema, ONNX Runtime parity samples of every model."
         _verify(path)
 
-# %% ../nbs/85_cli.release.ipynb #180dbc5f
+# %% ../nbs/85_cli.release.ipynb #ac3d0fbf
 def _register_artifacts(app):
     art = typer.Typer(no_args_is_help=True, help="List, diff, promote and bundle published artifact versions.")
     app.add_typer(art, name="artifacts")
@@ -141,23 +151,26 @@ def _register_artifacts(app):
         _diff(component, v1, v2, artifact_root, as_json)
     _register_artifacts2(art)
 
-# %% ../nbs/85_cli.release.ipynb #24a42eff
+# %% ../nbs/85_cli.release.ipynb #9117fea2
 def _register_artifacts2(art):
     @art.command("promote")
     def promote(component: str, version: str, artifact_root: Root = None,
-                manifest: Annotated[Optional[Path], typer.Option(help="Manifest to update (default: <workspace>/manifests/promoted.json)")] = None,
+                manifest: Annotated[Optional[Path], typer.Option(
+                    help="Manifest to update (default: <workspace>/manifests/promoted.json)")] = None,
                 reason: Annotated[Optional[str], typer.Option(help="Why (recorded with the promotion)")] = None,
                 force: Annotated[bool, typer.Option(help="Promote even if the version failed its gates")] = False,
                 require_int8: Annotated[bool, typer.Option(help="Refuse a version without an int8 model")] = False):
         "Write the version into the manifest's entry for its component (refused when its gates failed)."
         _promote(component, version, artifact_root, manifest, reason, force, require_int8)
     @art.command("bundle")
-    def bundle(component: str, version: str, dest: Annotated[Path, typer.Argument(help="Folder to write")], artifact_root: Root = None):
+    def bundle(component: str, version: str, dest: Annotated[Path, typer.Argument(help="Folder to write")],
+               artifact_root: Root = None):
         "ONNX models, tokenizer, labels, metadata and parity samples of a version in a portable folder."
         _bundle(component, version, dest, artifact_root)
     @art.command("parity-samples")
     def samples(component: str, version: str, artifact_root: Root = None,
-                output: Annotated[Optional[Path], typer.Option(help="JSON file (default: <version>/onnx/parity_samples.json)")] = None,
+                output: Annotated[Optional[Path], typer.Option(
+                    help="JSON file (default: <version>/onnx/parity_samples.json)")] = None,
                 n: Annotated[int, typer.Option("--samples", help="Records to store")] = 4):
         "Model inputs and expected ONNX outputs as JSON, for the runtime's own parity check."
         _samples(component, version, output, artifact_root, n)

@@ -15,7 +15,8 @@ CLI = str(BIN/"sphana-trainer")
 
 
 def cli(args, ws, check=True, env_extra=None):
-    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           **(env_extra or {})}
     r = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=ROOT)
     if check: assert r.returncode == 0, r.stdout + r.stderr
     return r
@@ -23,13 +24,14 @@ def cli(args, ws, check=True, env_extra=None):
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    "A workspace with embedding 0.1.0 (exported, int8) and 0.2.0 (other learning rate, no export), and a release config."
+    "A workspace with embedding 0.1.0 (exported, int8) and 0.2.0 (other learning rate, no export); a release config."
     d = tmp_path_factory.mktemp("release")
     data, words = write_toy_pairs(d/"data")
     base = {"model_name": str(tiny_bert(d/"tiny", words)), "dataset_path": str(data), "epochs": 1, "batch_size": 4,
             "max_length": 16, "device": "cpu", "learning_rate": 1.0e-3, "progress_log_interval": 0}
     (d/"v1.yaml").write_text(json.dumps({**base, "version": "0.1.0", "export": {"parity_samples": 4}}))
-    (d/"v2.yaml").write_text(json.dumps({**base, "version": "0.2.0", "learning_rate": 3.0e-3, "export": {"enabled": False}}))
+    v2 = {**base, "version": "0.2.0", "learning_rate": 3.0e-3, "export": {"enabled": False}}
+    (d/"v2.yaml").write_text(json.dumps(v2))
     ws = d/"ws"
     cli(["train", "embedding", "--config", str(d/"v1.yaml")], ws)
     cli(["train", "embedding", "--config", str(d/"v2.yaml")], ws)
@@ -48,8 +50,10 @@ def test_export_package_verify(release):
     e = man["components"]["embedding"]
     assert e["version"] == "0.1.0" and e["onnx"]["fp32"]["opset"] and e["onnx"]["int8"]
     assert [i["name"] for i in e["onnx"]["fp32"]["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert {f["role"] for f in e["files"]} >= {"onnx_fp32", "onnx_fp32_data", "onnx_int8", "tokenizer", "parity_samples"}
-    assert e["dataset"]["fingerprint"] and e["versions"]["onnxruntime"] and e["parity"]["samples"]["max_rel_drift"] < 0.01
+    roles = {f["role"] for f in e["files"]}
+    assert roles >= {"onnx_fp32", "onnx_fp32_data", "onnx_int8", "tokenizer", "parity_samples"}
+    assert e["dataset"]["fingerprint"] and e["versions"]["onnxruntime"]
+    assert e["parity"]["samples"]["max_rel_drift"] < 0.01
     shas = []
     for _ in range(2):
         r = cli(["package", "--config", str(d/"rel.yaml")], ws)
@@ -103,7 +107,8 @@ def test_tampered_packages(release, tmp_path):
     cases = {"byte": (_flip, "member 'embedding/model.onnx': sha256"),
              "dotdot": (_add(tarfile.REGTYPE, "../evil"), "member '../evil': path leaves the target folder"),
              "absolute": (_add(tarfile.REGTYPE, str(abs_target)), f"member '{abs_target}': absolute path"),
-             "symlink": (_add(tarfile.SYMTYPE, "embedding/evil", "/etc/passwd"), "member 'embedding/evil': link (to '/etc/passwd')"),
+             "symlink": (_add(tarfile.SYMTYPE, "embedding/evil", "/etc/passwd"),
+                         "member 'embedding/evil': link (to '/etc/passwd')"),
              "hardlink": (_add(tarfile.LNKTYPE, "embedding/hard", "manifest.json"), "member 'embedding/hard': link")}
     for name, (edit, msg) in cases.items():
         bad = _rewrite(tgz, box/f"{name}.tar.gz", edit)
@@ -144,32 +149,33 @@ def test_promote_refuses_failed_gate(release, tmp_path):
     if not bad.exists():
         shutil.copytree(art(ws)/"0.1.0", bad)
         meta = json.loads((bad/"metadata.json").read_text())
-        meta.update(version="0.1.0-bad", gates={"passed": False, "failures": ["validation ndcg@10 = 0.2 < metric_threshold 0.5"]})
+        meta.update(version="0.1.0-bad",
+                    gates={"passed": False, "failures": ["validation ndcg@10 = 0.2 < metric_threshold 0.5"]})
         (bad/"metadata.json").write_text(json.dumps(meta))
-    man = tmp_path/"promoted.json"
-    r = cli(["artifacts", "promote", "embedding", "0.1.0-bad", "--artifact-root", str(ws/"artifacts"), "--manifest", str(man)], ws, check=False)
+    man = tmp_path/"promoted.json"; where = ["--artifact-root", str(ws/"artifacts"), "--manifest", str(man)]
+    r = cli(["artifacts", "promote", "embedding", "0.1.0-bad", *where], ws, check=False)
     print(r.stderr)
     assert r.returncode == 2 and "failed its gates (validation ndcg@10 = 0.2 < metric_threshold 0.5)" in r.stderr
     assert not man.exists()
-    r = cli(["artifacts", "promote", "embedding", "0.1.0", "--artifact-root", str(ws/"artifacts"), "--manifest", str(man),
-             "--reason", "first release"], ws)
+    r = cli(["artifacts", "promote", "embedding", "0.1.0", *where, "--reason", "first release"], ws)
     assert read_manifest(man)["components"]["embedding"]["promotion"]["reason"] == "first release"
-    r = cli(["artifacts", "promote", "embedding", "0.1.0-bad", "--artifact-root", str(ws/"artifacts"), "--manifest", str(man),
-             "--force", "--reason", "hotfix"], ws)
+    r = cli(["artifacts", "promote", "embedding", "0.1.0-bad", *where, "--force", "--reason", "hotfix"], ws)
     e = read_manifest(man)["components"]["embedding"]
     assert e["version"] == "0.1.0-bad" and e["promotion"]["forced"] and e["promotion"]["reason"] == "hotfix"
     r = cli(["artifacts", "list", "--artifact-root", str(ws/"artifacts")], ws)
     print(r.stdout)
     row = next(l for l in r.stdout.splitlines() if l.split()[:2] == ["embedding", "0.1.0-bad"])
     assert "promoted" in row and "gates-failed" in row
-    r = cli(["artifacts", "bundle", "embedding", "0.1.0", str(tmp_path/"bundle"), "--artifact-root", str(ws/"artifacts")], ws)
+    r = cli(["artifacts", "bundle", "embedding", "0.1.0", str(tmp_path/"bundle"), *where[:2]], ws)
     b = read_manifest(tmp_path/"bundle"/"manifest.json")
-    assert (tmp_path/"bundle"/"embedding"/"metadata.json").is_file() and b["components"]["embedding"]["version"] == "0.1.0"
+    assert (tmp_path/"bundle"/"embedding"/"metadata.json").is_file()
+    assert b["components"]["embedding"]["version"] == "0.1.0"
 
 
 def test_diff_shows_metric_change(release):
     d, ws = release
-    m1, m2 = (json.loads((art(ws)/v/"metadata.json").read_text())["metrics"]["best"]["ndcg@10"] for v in ("0.1.0", "0.2.0"))
+    best = lambda v: json.loads((art(ws)/v/"metadata.json").read_text())["metrics"]["best"]["ndcg@10"]
+    m1, m2 = best("0.1.0"), best("0.2.0")
     r = cli(["artifacts", "diff", "embedding", "0.1.0", "0.2.0", "--artifact-root", str(ws/"artifacts")], ws)
     print(r.stdout)
     assert "config:" in r.stdout and "learning_rate: 0.001 -> 0.003" in r.stdout
@@ -195,7 +201,8 @@ def test_failed_export_and_package_keep_previous_files(release, tmp_path):
     cli(["export", "--config", str(d/"rel.yaml")], ws); cli(["package", "--config", str(d/"rel.yaml")], ws)
     man, tgz = ws/"manifests"/"latest.json", ws/"manifests"/"latest.tar.gz"
     before_man, before_tgz = man.read_bytes(), tgz.read_bytes()
-    (tmp_path/"strict.yaml").write_text("components: [embedding]\nversions: {embedding: 0.1.0}\nmax_fp32_drift: 1.0e-12\n")
+    (tmp_path/"strict.yaml").write_text("components: [embedding]\nversions: {embedding: 0.1.0}\n"
+                                        "max_fp32_drift: 1.0e-12\n")
     r = cli(["export", "--config", str(tmp_path/"strict.yaml")], ws, check=False)
     assert r.returncode == 2 and "the manifest is unchanged" in r.stderr and man.read_bytes() == before_man
     # a file that changed after export stops the package: the previous tarball stays, no partial file is left
@@ -205,7 +212,8 @@ def test_failed_export_and_package_keep_previous_files(release, tmp_path):
         r = cli(["package", "--config", str(d/"rel.yaml")], ws, check=False)
         assert r.returncode == 2 and "changed since export" in r.stderr
     finally: src.write_bytes(keep)
-    assert tgz.read_bytes() == before_tgz and not [p for p in tgz.parent.iterdir() if p.name.startswith(".latest.tar.gz")]
+    assert tgz.read_bytes() == before_tgz
+    assert not [p for p in tgz.parent.iterdir() if p.name.startswith(".latest.tar.gz")]
 
 
 def test_concurrent_exports_leave_a_valid_manifest(release):
@@ -213,8 +221,8 @@ def test_concurrent_exports_leave_a_valid_manifest(release):
     env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     (ws/"manifests"/"latest.json").unlink(missing_ok=True)
     (art(ws)/"0.1.0"/"onnx"/"parity_samples.json").unlink(missing_ok=True)  # both processes race to write it
-    ps = [subprocess.Popen([CLI, "export", "--config", str(d/"rel.yaml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=env, cwd=ROOT) for _ in range(2)]
+    ps = [subprocess.Popen([CLI, "export", "--config", str(d/"rel.yaml")], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in ps]
     assert [p.returncode for p in ps] == [0, 0], outs
     man = validate_manifest(json.loads((ws/"manifests"/"latest.json").read_text()))
