@@ -155,7 +155,7 @@ def test_site_in_browser(server, browser, tmp_path):
 
     # an API page: the documented symbol with its signature block
     page.goto(server + "core.html")
-    assert page.locator("#sphanaerror").inner_text().strip(" ¶#") == "SphanaError"   # show_doc headings are rubrics
+    assert page.locator("p.rubric#sphanaerror").inner_text().strip(" ¶#") == "SphanaError"   # show_doc headings: rubrics
     assert page.locator("div.highlight-python pre").first.is_visible()
     page.screenshot(path=str(tmp_path/"core.png"), full_page=True)
 
