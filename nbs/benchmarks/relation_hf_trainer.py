@@ -29,7 +29,7 @@ def hf_trainer(tr, te, a, out):
     ds = [{"input_ids": encode_relation(tok, r, a.max_length), "labels": idx[r["label"]]} for r in tr]
     for d in ds: d["attention_mask"] = [1] * len(d["input_ids"])
     args = TrainingArguments(output_dir=str(out/"hf"), per_device_train_batch_size=a.batch_size, learning_rate=a.lr,
-                             num_train_epochs=a.epochs, warmup_ratio=a.warmup, weight_decay=0.01, lr_scheduler_type="linear",
+                             num_train_epochs=a.epochs, warmup_steps=int(a.warmup * -(-len(tr) // a.batch_size) * a.epochs), weight_decay=0.01, lr_scheduler_type="linear",
                              logging_steps=50, save_strategy="no", report_to=[], seed=42, use_cpu=True, dataloader_num_workers=0)
     t0 = time.perf_counter()
     Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok)).train()
