@@ -40,16 +40,13 @@ lab: install
 SAMPLE := sphana_trainer/sample_data
 ST     := $(BIN)/sphana-trainer
 WS     := $(or $(SPHANA_WORKSPACE),target)
-## Run the main job on the bundled sample data (offline default): validate the bundled datasets, then one workflow:
-## ingest the bundled documents (spaCy), build datasets, train every component (packaged MiniLM / SmolLM2), export,
+## Run the main job on the bundled sample data (offline default), one workflow: ingest the bundled documents (spaCy),
+## build datasets, train every component (packaged MiniLM / SmolLM2; each training reads and checks its data), export,
 ## package + verify, promote the encoder. Each stage leaves report.ipynb/.html/.json beside its output; run it again
 ## and the unchanged stages are skipped (an interrupted training resumes from its checkpoint).
 DEMO_SETS ?= --set ingest.parser=spacy
 demo: install
-	@echo "== 1/2 validate the bundled datasets"
-	@for k in embedding relation gnn ner llm; do for s in train validation; do \
-	  $(ST) dataset-validate $(SAMPLE)/$$k/$$s.jsonl --type $$k || exit $$?; done; done
-	@echo "== 2/2 workflow: ingest -> datasets -> train -> export -> package (+ verify) -> promote"
+	@echo "== workflow: ingest -> datasets -> train -> export -> package (+ verify) -> promote"
 	$(ST) workflow run --ingest-config configs/ingest/base.yaml $(DEMO_SETS) \
 	  --build-datasets --dataset-output-dir $(WS)/datasets/sample \
 	  --embedding-config configs/embedding/base.yaml --relation-config configs/relation/base.yaml \

@@ -229,7 +229,8 @@ def _json_safe(x):
 
 def summarize_ingest(res, check=None) -> dict:
     "Key figures of `run_ingest` (and of `validate_ingest` when given)."
-    out = {"report_dir": res.output_dir, "output_dir": res.output_dir, "documents": res.documents, "chunks": res.chunks,
+    d = Path(res.output_dir).resolve()   # absolute: the state is read from other working directories
+    out = {"report_dir": d, "output_dir": d, "documents": res.documents, "chunks": res.chunks,
            "relations": res.relations, "cache_hits": res.cache_hits, "computed": res.computed, "elapsed_s": round(res.elapsed_s, 2),
            "fingerprint": (res.meta.get("input") or {}).get("fingerprint")}
     if res.relations_path.is_file(): out["top_predicates"] = dict(predicate_counts(res.relations_path, 10))
@@ -238,7 +239,8 @@ def summarize_ingest(res, check=None) -> dict:
 
 def summarize_datasets(res) -> dict:
     "Key figures of `build_from_ingest`."
-    return _json_safe({"report_dir": res.output_dir, "output_dir": res.output_dir, "counts": res.counts,
+    d = Path(res.output_dir).resolve()
+    return _json_safe({"report_dir": d, "output_dir": d, "counts": res.counts,
                        "documents": res.meta.get("documents"), "chunks": res.meta.get("chunks"), "triples": res.meta.get("triples")})
 
 # %% ../nbs/71_reports.ipynb #58716c7f
@@ -312,6 +314,7 @@ def execute_run(nb:str|Path, # the run notebook
                 out:str|Path, # where the executed copy goes
                 params:dict, # papermill parameters
                 timeout:int|None=None, # seconds per cell (None: no limit)
+                stream:bool=True, # copy the notebook's stdout/stderr (logs, progress lines) to ours while it runs
                ) -> str|None:
     "Execute a run notebook with papermill into `out`; None on success, else the error (`out` keeps the traceback)."
     import papermill as pm
@@ -320,7 +323,8 @@ def execute_run(nb:str|Path, # the run notebook
     cwd = project_root(Path(nb).parent) or Path(nb).parent
     try:
         pm.execute_notebook(str(nb), str(out), parameters=_json_safe(params), kernel_name=kernel_name(), cwd=str(cwd),
-                            progress_bar=False, log_output=False, execution_timeout=timeout)
+                            progress_bar=False, log_output=False, execution_timeout=timeout,
+                            **({"stdout_file": sys.stdout, "stderr_file": sys.stderr} if stream else {}))
         return None
     except Exception as e:
         return f"{type(e).__name__}: {getattr(e, 'evalue', None) or str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
