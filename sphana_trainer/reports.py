@@ -340,6 +340,8 @@ def to_html(ipynb:str|Path, # an executed notebook
     from nbconvert import HTMLExporter
     nb = nbformat.read(str(ipynb), as_version=4)
     nb.metadata.pop("widgets", None)     # widget state would pull the widget manager from a CDN
+    for c in nb.cells:                   # progress-bar widgets: without their state only a frozen "0%" is left
+        if "outputs" in c: c.outputs = [o for o in c.outputs if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
     body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(nb)
     body = _EXTERNAL.sub("", body)
     return atomic_write(Path(html) if html else Path(ipynb).with_suffix(".html"), body)
