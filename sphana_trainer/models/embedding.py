@@ -5,17 +5,19 @@
 # %% ../../nbs/30_models.embedding.ipynb #6432066c
 from __future__ import annotations
 import hashlib, json, math
+from contextlib import contextmanager
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from ..core import SphanaError, atomic_write_json
 from ..hub import resolve_model
 
 # %% auto #0
 __all__ = ['mean_pool', 'SentenceEncoder', 'load_encoder', 'save_encoder', 'text_ids', 'ContrastiveLoss', 'gather_with_grad',
-           'gather_ids', 'pair_texts', 'EmbeddingModel', 'make_collate', 'encode_texts', 'ranking_metrics',
-           'evaluate_retrieval']
+           'gather_ids', 'pair_texts', 'EmbeddingModel', 'make_collate', 'CachedEmbeddingModel', 'encode_texts',
+           'ranking_metrics', 'evaluate_retrieval']
 
 # %% ../../nbs/30_models.embedding.ipynb #99e880ce
 def mean_pool(hidden:torch.Tensor, # `[batch, seq, dim]` token states
@@ -205,6 +207,68 @@ def make_collate(tok, max_length:int=128, use_hard_negatives:bool=True):
             b["n_ids"] = torch.where(valid, text_ids([n or "" for n in ns]), torch.full((len(ns),), -1, dtype=torch.long))
         return b
     return collate
+
+# %% ../../nbs/30_models.embedding.ipynb #923eda9c
+@contextmanager
+def _replay_rng(cpu_state, cuda_states):
+    "Run a block with the RNG states captured earlier (dropout masks repeat), leaving the global RNG untouched."
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda_states is not None else []):
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None: torch.cuda.set_rng_state_all(cuda_states)
+        yield
+
+def _rng_now(device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if device.type == "cuda" else None)
+
+# %% ../../nbs/30_models.embedding.ipynb #cbfed010
+class CachedEmbeddingModel(EmbeddingModel):
+    "`EmbeddingModel` whose loss is computed with GradCache: whole-batch loss and gradients, mini-batch memory."
+    def __init__(self, encoder:SentenceEncoder, loss:ContrastiveLoss, mini_batch:int=32): # texts embedded at once
+        super().__init__(encoder, loss); self.mini = mini_batch
+
+    def _embed(self, t:dict) -> tuple:
+        "Embeddings of `t` without a graph, and each mini-batch with its RNG state for the replay."
+        reps, saved = [], []
+        for s in range(0, t["input_ids"].shape[0], self.mini):
+            f = {k: v[s:s + self.mini] for k, v in t.items()}
+            saved.append((f, _rng_now(f["input_ids"].device)))
+            with torch.no_grad(): reps.append(self._enc(f))
+        return torch.cat(reps), saved
+
+# %% ../../nbs/30_models.embedding.ipynb #f9d7181b
+@patch
+def forward(self:CachedEmbeddingModel, batch:dict) -> dict:
+    if not torch.is_grad_enabled(): return EmbeddingModel.forward(self, batch)
+    if _world() > 1: raise SphanaError("the cached (GradCache) loss runs in one process; unset cached_batch_size under torchrun")
+    parts = {k: batch[k] for k in ("q", "p", "n") if k in batch}
+    embedded = {k: self._embed(t) for k, t in parts.items()}
+    leaves = {k: r.detach().requires_grad_() for k, (r, _) in embedded.items()}
+    neg, n_valid = None, batch.get("n_valid")
+    if "n" in leaves: neg = torch.zeros_like(leaves["p"]).index_put((n_valid.nonzero(as_tuple=True)[0],), leaves["n"])
+    loss = self.loss_fn(leaves["q"], leaves["p"], neg, q_ids=batch["q_ids"], p_ids=batch["p_ids"],
+                        n_ids=batch.get("n_ids") if neg is not None else None, n_valid=n_valid if neg is not None else None)
+    params = [p for p in self.loss_fn.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, list(leaves.values()) + params)
+    cache, pgrads = dict(zip(leaves, grads[:len(leaves)])), grads[len(leaves):]
+    ac = (torch.is_autocast_enabled(), torch.get_autocast_dtype(loss.device.type), loss.device.type)
+    out = loss.detach().requires_grad_()
+    out.register_hook(lambda g: self._replay(g, {k: s for k, (_, s) in embedded.items()}, cache, params, pgrads, ac))
+    toks = batch["q"]["attention_mask"].sum() + batch["p"]["attention_mask"].sum()
+    return {"loss": out, "samples": batch["q"]["input_ids"].shape[0], "tokens": int(toks)}
+
+# %% ../../nbs/30_models.embedding.ipynb #13ac0b58
+@patch
+def _replay(self:CachedEmbeddingModel, g, saved:dict, cache:dict, params:list, pgrads:tuple, ac:tuple):
+    "Backward hook: re-run each mini-batch with a graph and back-propagate its cached embedding gradients times `g`."
+    for p, pg in zip(params, pgrads): p.grad = pg * g if p.grad is None else p.grad + pg * g
+    enabled, dtype, dev = ac
+    for k, chunks in saved.items():
+        s = 0
+        for f, (cpu, cuda) in chunks:
+            with torch.enable_grad():   # backward hooks run with grad mode off
+                with _replay_rng(cpu, cuda), torch.autocast(dev, dtype=dtype, enabled=enabled): r = self._enc(f)
+                (r.float() * cache[k][s:s + r.shape[0]]).sum().mul(g).backward()
+            s += r.shape[0]
 
 # %% ../../nbs/30_models.embedding.ipynb #c496342a
 @torch.no_grad()
