@@ -78,6 +78,7 @@ class TrainConfig(StrictModel):
     epochs: int = Field(1, ge=1)
     max_steps: Optional[int] = Field(None, ge=1)  # stop after this many optimizer steps
     batch_size: int = Field(16, ge=1)
+    group_by_length: bool = False           # batches of similar lengths (less padding); order still shuffled
     grad_accum_steps: int = Field(1, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)

@@ -17,10 +17,10 @@ from ..core import SphanaError, Progress, atomic_write_json, get_logger, select_
 
 # %% auto #0
 __all__ = ['TrainTask', 'RunResult', 'dist_info', 'is_main', 'barrier', 'init_distributed', 'cleanup_distributed',
-           'autocast_dtype', 'make_optimizer', 'lr_factor', 'make_scheduler', 'epoch_batches', 'rng_state',
-           'set_rng_state', 'list_checkpoints', 'save_checkpoint', 'prune_checkpoints', 'load_state',
-           'device_memory_mb', 'MetricsLog', 'default_tracking_uri', 'mlflow_setup', 'Mlflow', 'make_profiler',
-           'batch_iter', 'TrainingInterrupted', 'kill_after', 'interrupt_after', 'env_hooks', 'train',
+           'autocast_dtype', 'make_optimizer', 'lr_factor', 'make_scheduler', 'epoch_batches', 'bucket_batches',
+           'padding_share', 'rng_state', 'set_rng_state', 'list_checkpoints', 'save_checkpoint', 'prune_checkpoints',
+           'load_state', 'device_memory_mb', 'MetricsLog', 'default_tracking_uri', 'mlflow_setup', 'Mlflow',
+           'make_profiler', 'batch_iter', 'TrainingInterrupted', 'kill_after', 'interrupt_after', 'env_hooks', 'train',
            'check_threshold']
 
 # %% ../../nbs/40_train.runtime.ipynb #aff938e9
@@ -33,6 +33,7 @@ class TrainTask:
     evaluate: Optional[Callable] = None     # `(module, device, autocast_dtype) -> {metric: value}`; None: no validation split
     metric: str = "loss"                    # key of `evaluate`'s result used for best/early stopping/threshold
     greater_is_better: bool = True
+    lengths: Optional[Sequence] = None      # record lengths (tokens) for `group_by_length` batches
     assets: Any = None                      # what the component needs to save the model (encoder, tokenizer, ...)
 
 @dataclass
@@ -113,7 +114,7 @@ def make_scheduler(opt, total:int, warmup_ratio:float, kind:str):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warm, kind))
 
 # %% ../../nbs/40_train.runtime.ipynb #22fca32d
-def epoch_batches(n:int, batch_size:int, seed:int, epoch:int) -> list[list[int]]:
+def epoch_batches(n:int, batch_size:int, seed:int, epoch:int, lengths=None) -> list[list[int]]:
     "Batches of record indices for `epoch`: a permutation from `seed + epoch`, split by `batch_size` (DDP: this rank's share)."
     rank, world = dist_info()
     if world > 1:
@@ -123,7 +124,23 @@ def epoch_batches(n:int, batch_size:int, seed:int, epoch:int) -> list[list[int]]
     else:
         g = torch.Generator().manual_seed(seed + epoch)
         order = torch.randperm(n, generator=g).tolist()
+    if lengths is not None: return bucket_batches(order, lengths, batch_size, seed, epoch)
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+# %% ../../nbs/40_train.runtime.ipynb #784ba74f
+def bucket_batches(order:list, lengths, batch_size:int, seed:int, epoch:int, window:int=50) -> list[list[int]]:
+    "Batches of similar `lengths` from a shuffled `order`: sorted within windows of `window` batches, batch order shuffled."
+    w, out = batch_size * window, []
+    for s in range(0, len(order), w):
+        chunk = sorted(order[s:s + w], key=lambda i: lengths[i])
+        out += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    g = torch.Generator().manual_seed(seed + epoch + 7919)
+    return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
+
+def padding_share(batches:list, lengths) -> float:
+    "Share of padded positions when each batch is padded to its longest record."
+    tot = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
+    return 1 - sum(lengths[i] for b in batches for i in b) / tot if tot else 0.0
 
 # %% ../../nbs/40_train.runtime.ipynb #fa17122b
 def rng_state() -> dict:
@@ -424,7 +441,9 @@ def _step_acc() -> dict: return {"samples": 0, "tokens": 0, "loss": 0.0, "t": ti
 @patch
 def run_epoch(self:_Loop, prof, prog):
     cfg, accum = self.cfg, self.cfg.grad_accum_steps
-    batches = epoch_batches(len(self.task.train_data), cfg.batch_size, cfg.seed, self.epoch)
+    lens = self.task.lengths if cfg.group_by_length and self.task.lengths is not None else None
+    batches = epoch_batches(len(self.task.train_data), cfg.batch_size, cfg.seed, self.epoch, lens)
+    if lens is not None: self.ep["pad_share"] = round(padding_share(batches, lens), 4)
     self.st = _step_acc()
     for batch in batch_iter(self.task.train_data, self.task.collate, batches[self.batch:], cfg.num_workers):
         if self.step >= self.total or self.stopped: break
@@ -439,7 +458,7 @@ def end_epoch(self:_Loop):
     if ep["n"]:
         self.metrics.write({"type": "epoch", "epoch": self.epoch, "step": self.step, "loss": ep["loss"] / ep["n"],
                             "epoch_seconds": round(el, 3), "samples_per_s": ep["samples"] / el, "tokens_per_s": ep["tokens"] / el,
-                            "samples": ep["samples"], "memory_mb": round(device_memory_mb(self.device), 1)})
+                            "samples": ep["samples"], **({"pad_share": ep["pad_share"]} if "pad_share" in ep else {}), "memory_mb": round(device_memory_mb(self.device), 1)})
     self.epoch, self.batch, self.ep, self.t_ep = self.epoch + 1, 0, _zero_acc(), time.perf_counter()
     if not self.cfg.eval_every_steps: self.evaluate_and_checkpoint()
 
