@@ -1,12 +1,12 @@
 """SemEval-2010 Task 8 with the relation component on all-MiniLM-L6-v2 (CPU).
 
-Splits /work/shared/data/semeval2010/train.jsonl (8000 sentences, 19 labels) into train/validation/test (80/10/10, seeded),
+Splits ../shared/data/semeval2010/train.jsonl beside the repository (or `$SPHANA_SEMEVAL`) (8000 sentences, 19 labels) into train/validation/test (80/10/10, seeded),
 trains through the shared runtime, calibrates on validation, and prints the official score (9 directed types, Other
 excluded), the 19-way macro-F1, accuracy and ECE before/after temperature scaling on the held-out test split.
 
     .venv/bin/python nbs/benchmarks/relation_semeval.py --out /tmp/relation_semeval [--epochs 3 --lr 1e-4 ...]
 """
-import argparse, json, random, time
+import argparse, json, os, random, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ from sphana_trainer.train.relation import RelationComponent, predict_logits
 from sphana_trainer.train.runtime import list_checkpoints, load_state, train
 from types import SimpleNamespace
 
-DATA = Path("/work/shared/data/semeval2010/train.jsonl")
+import sphana_trainer
+DATA = Path(os.environ.get("SPHANA_SEMEVAL", Path(sphana_trainer.__file__).resolve().parents[2]/"shared"/"data"/"semeval2010"/"train.jsonl"))
 
 def split(records, seed=13, frac=0.1):
     "Seeded train/validation/test split (`frac` each for validation and test)."
