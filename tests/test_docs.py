@@ -9,20 +9,31 @@ import pytest
 from conftest import ROOT, BIN
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    "The site built into a temporary folder, as `make docs` builds it into `_docs/`."
-    out = tmp_path_factory.mktemp("docs")/"site"
+def build_site(out):
+    "Build the site into `out` as `make docs` does; the build must pass and print no warning."
     t0 = time.time()
     r = subprocess.run([str(BIN/"python"), "-m", "sphana_trainer.docs", str(out)], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=1200)
     assert r.returncode == 0, f"docs build failed:\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"
     assert "0 warnings" in r.stdout and not re.search(r"warn", r.stderr, re.I), f"the build printed warnings:\n{r.stderr[-4000:]}"
     print(f"{r.stdout.strip()} [{time.time() - t0:.1f} s]")
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory, worker_id):
+    "The site, built once per test run (pytest-xdist workers share it), as `make docs` builds it into `_docs/`."
+    if worker_id == "master":
+        out = tmp_path_factory.mktemp("docs")/"site"; build_site(out); return out
+    from filelock import FileLock
+    shared = tmp_path_factory.getbasetemp().parent   # the same folder for every worker of this run
+    out, done = shared/"docs-site", shared/"docs-site.done"
+    with FileLock(str(shared/"docs-site.lock")):
+        if not done.exists():
+            build_site(out); done.touch()
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(site):
     "The site served on 127.0.0.1 on a free port; yields its base URL."
     class Quiet(http.server.SimpleHTTPRequestHandler):
