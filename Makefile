@@ -41,16 +41,19 @@ SAMPLE := sphana_trainer/sample_data
 ST     := $(BIN)/sphana-trainer
 WS     := $(or $(SPHANA_WORKSPACE),target)
 ## Run the main job on the bundled sample data (offline default), one workflow: ingest the bundled documents (spaCy),
-## build datasets, train every component (packaged MiniLM / SmolLM2; each training reads and checks its data), export,
-## package + verify, promote the encoder. Each stage leaves report.ipynb/.html/.json beside its output; run it again
-## and the unchanged stages are skipped (an interrupted training resumes from its checkpoint).
-DEMO_SETS ?= --set ingest.parser=spacy
+## build datasets, train the embedding, relation, GNN and NER models (packaged MiniLM; each training reads and checks
+## its data), export, package + verify, promote the encoder. Each stage leaves report.ipynb/.html/.json beside its
+## output; run it again and the unchanged stages are skipped (an interrupted training resumes from its checkpoint).
+## The LLM (SmolLM2-135M) is slow on CPU (tens of seconds per training step on 2 cores); add it with
+##   make demo DEMO_EXTRA="--llm-config configs/llm/base.yaml"
+DEMO_SETS  ?= --set ingest.parser=spacy
+DEMO_EXTRA ?=
 demo: install
 	@echo "== workflow: ingest -> datasets -> train -> export -> package (+ verify) -> promote"
 	$(ST) workflow run --ingest-config configs/ingest/base.yaml $(DEMO_SETS) \
 	  --build-datasets --dataset-output-dir $(WS)/datasets/sample \
 	  --embedding-config configs/embedding/base.yaml --relation-config configs/relation/base.yaml \
-	  --gnn-config configs/gnn/base.yaml --ner-config configs/ner/base.yaml --llm-config configs/llm/base.yaml \
+	  --gnn-config configs/gnn/base.yaml --ner-config configs/ner/base.yaml $(DEMO_EXTRA) \
 	  --export-config configs/export/base.yaml --package-config configs/export/base.yaml \
 	  --promote-component embedding --manifest $(WS)/manifests/latest.json
 
