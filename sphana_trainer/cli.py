@@ -4,7 +4,7 @@
 
 # %% ../nbs/80_cli.ipynb #33b6ba42
 from __future__ import annotations
-import importlib, importlib.util, json, sys
+import json, sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -68,11 +68,10 @@ def dataset_stats_cmd(
     typer.echo(json.dumps(dataset_stats(path, type.value if type else None), indent=2))
 
 # %% ../nbs/80_cli.ipynb #fe179488
-COMMAND_MODULES = ["sphana_trainer.cli_wiki", "sphana_trainer.cli_ingest", "sphana_trainer.cli_data", "sphana_trainer.cli_train",
-                   "sphana_trainer.cli_release", "sphana_trainer.cli_workflow"]
+from . import cli_wiki, cli_ingest, cli_data, cli_train, cli_release, cli_workflow
 
-for _m in COMMAND_MODULES:
-    if importlib.util.find_spec(_m) is not None: importlib.import_module(_m).register(app)
+COMMAND_MODULES = [cli_wiki, cli_ingest, cli_data, cli_train, cli_release, cli_workflow]
+for _m in COMMAND_MODULES: _m.register(app)
 
 def main():
     "Entry point of the `sphana-trainer` console script."
