@@ -18,8 +18,8 @@ from .artifacts import read_json
 __all__ = ['STATE_FILE', 'REPORT_FILE', 'WIKI_COMPONENTS', 'Stage', 'digest', 'parse_sets', 'merge', 'load_stage_config',
            'registered', 'unavailable', 'train_config', 'ingest_stage_config', 'release_config', 'stage_inputs',
            'promote_version', 'read_state', 'save_state', 'workflow_lock', 'execute_stage', 'outputs_exist',
-           'WorkflowSpec', 'run_workflow', 'write_report', 'workflow_status', 'format_status', 'plan_run',
-           'pin_promoted_version', 'plan_wiki']
+           'WorkflowSpec', 'run_workflow', 'write_report', 'workflow_status', 'changed_keys', 'format_status',
+           'plan_run', 'pin_promoted_version', 'plan_wiki']
 
 # %% ../nbs/70_workflow.ipynb #0bfc6965
 STATE_FILE, REPORT_FILE = "workflow-state.json", "workflow-report.json"
@@ -125,22 +125,26 @@ def _manifest_path(st:Stage, root:Path) -> Path:
     from sphana_trainer.release.manifest import release_paths
     return release_paths(load_stage_config(st.config, "release", st.params.get("overrides", {})), root, st.params.get("manifest"))[1]
 
+def _settings(cfg) -> dict:
+    "The values a config sets (those equal to the defaults left out, so a new config key of the code changes nothing)."
+    return cfg.model_dump(mode="json", exclude_defaults=True)
+
 def stage_inputs(st:Stage, root:Path, state:dict) -> dict:
     "The inputs of `st` now (configs with overrides, file fingerprints, upstream outputs)."
     k, p = st.kind, st.params
     if k == "download_wiki":
         return {"titles": _fp(p.get("titles_file"), p.get("titles_dir")), "params": {x: v for x, v in p.items() if x != "titles_dir"}}
     if k == "ingest":
-        cfg = ingest_stage_config(st); return {"config": cfg.model_dump(mode="json"), "input": _fp(resolve_path(cfg.input))}
+        cfg = ingest_stage_config(st); return {"config": _settings(cfg), "input": _fp(resolve_path(cfg.input))}
     if k == "build_datasets":
         d = Path(p["ingest_dir"]); return {"params": p, "ingest": _fp(d/"chunks.jsonl", d/"relations.jsonl")}
     if k == "train":
-        cfg = train_config(st, root); return {"config": cfg.model_dump(mode="json"), "data": _fp(*dataset_files(cfg))}
+        cfg = train_config(st, root); return {"config": _settings(cfg), "data": _fp(*dataset_files(cfg))}
     if k == "export":
-        cfg = release_config(st, state); return {"config": cfg.model_dump(mode="json"), "root": str(root), "manifest": p.get("manifest")}
+        cfg = release_config(st, state); return {"config": _settings(cfg), "root": str(root), "manifest": p.get("manifest")}
     if k == "package":
         cfg = load_stage_config(st.config, "release", p.get("overrides", {})); man = _manifest_path(st, root)
-        return {"config": cfg.model_dump(mode="json"), "manifest": str(man), "manifest_fp": _fp(man)}
+        return {"config": _settings(cfg), "manifest": str(man), "manifest_fp": _fp(man)}
     if k == "promote":
         return {"component": p["component"], "version": promote_version(st, state, root), "manifest": p.get("manifest")}
     raise SphanaError(f"unknown stage kind {k!r}")
@@ -151,7 +155,7 @@ def promote_version(st:Stage, state:dict, root:Path) -> str|None:
     c = st.params["component"]
     return st.params.get("version") or _trained(state, c) or (read_latest(root/c) or {}).get("version")
 
-# %% ../nbs/70_workflow.ipynb #2acdc1bb
+# %% ../nbs/70_workflow.ipynb #6b0f360d
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 def read_state(root:str|Path) -> dict:
@@ -174,7 +178,7 @@ class workflow_lock:
         return self
     def __exit__(self, *a): self.f.close()
 
-# %% ../nbs/70_workflow.ipynb #599f091b
+# %% ../nbs/70_workflow.ipynb #beede8f6
 def _train_plan(st:Stage, root:Path, ent:dict, h:str) -> tuple[str, str|None, bool]:
     "`(version, resume, published)` of a train stage: resume the version an interrupted run left, else a new one."
     from sphana_trainer.artifacts import new_version
@@ -185,7 +189,7 @@ def _train_plan(st:Stage, root:Path, ent:dict, h:str) -> tuple[str, str|None, bo
     if v and list_checkpoints(croot/".runs"/v): return v, "latest", False
     return cfg.version or new_version(), None, False
 
-# %% ../nbs/70_workflow.ipynb #f79eb1b5
+# %% ../nbs/70_workflow.ipynb #03098562
 def _figures_of_version(vdir:Path) -> dict:
     "Key figures of a published version read from its metadata (a run killed after publishing)."
     m = read_json(vdir/"metadata.json"); mt = m.get("metrics") or {}
@@ -194,7 +198,7 @@ def _figures_of_version(vdir:Path) -> dict:
             "steps": mt.get("steps"), "best_step": mt.get("best_step"), "train_seconds": mt.get("train_seconds"),
             "int8": ((m.get("parity") or {}).get("int8") or {}).get("recipe"), "dataset_fingerprint": (m.get("dataset") or {}).get("fingerprint")}
 
-# %% ../nbs/70_workflow.ipynb #beede8f6
+# %% ../nbs/70_workflow.ipynb #e8754992
 def _run_train(st, root, state, ent, h, report, save) -> dict:
     from sphana_trainer import reports
     version, resume, published = _train_plan(st, root, ent, h)
@@ -207,7 +211,7 @@ def _run_train(st, root, state, ent, h, report, save) -> dict:
     fig = reports.summarize_train(run_train(load_stage_config(st.config, st.component, over), resume=resume))
     reports.save_report(fig); return fig
 
-# %% ../nbs/70_workflow.ipynb #03098562
+# %% ../nbs/70_workflow.ipynb #1074185d
 def _run_ingest(st, root, state, report) -> dict:
     from sphana_trainer import reports
     if report: return reports.run_report("ingest", {"config": st.config, "overrides": st.params.get("overrides", {})})
@@ -228,7 +232,7 @@ def _run_build(st, root, state, report) -> dict:
     from sphana_trainer.data.build import build_from_ingest
     fig = reports.summarize_datasets(build_from_ingest(**_build_args(st))); reports.save_report(fig); return fig
 
-# %% ../nbs/70_workflow.ipynb #e8754992
+# %% ../nbs/70_workflow.ipynb #fda697a1
 def _run_release(st, root, state, report) -> dict:
     from sphana_trainer import reports
     man = st.params.get("manifest")
@@ -243,7 +247,7 @@ def _run_release(st, root, state, report) -> dict:
     res = run_package(load_stage_config(st.config, "release", st.params.get("overrides", {})), root, man)
     fig = reports.summarize_package(res, verify_package(res.path)); reports.save_report(fig); return fig
 
-# %% ../nbs/70_workflow.ipynb #1074185d
+# %% ../nbs/70_workflow.ipynb #8c283d31
 def _run_download(st, root, state) -> dict:
     from sphana_trainer.ingest.wiki import run_download_wiki
     p = {k: v for k, v in st.params.items() if v is not None}
@@ -267,7 +271,7 @@ def execute_stage(st:Stage, root:Path, state:dict, ent:dict, h:str, report:bool,
     if st.kind == "download_wiki": return _run_download(st, root, state)
     return _run_promote(st, root, state)
 
-# %% ../nbs/70_workflow.ipynb #8c283d31
+# %% ../nbs/70_workflow.ipynb #a8681421
 _OUT_KEYS = ("output_dir", "artifact_dir", "manifest", "package", "output")
 
 def outputs_exist(out:dict) -> bool:
@@ -282,7 +286,7 @@ class WorkflowSpec:
     report: bool = True                         # run each stage through its run notebook (report.ipynb/.html beside its output)
     force: list = field(default_factory=list)   # stage names to run even when unchanged
 
-# %% ../nbs/70_workflow.ipynb #a3338ec3
+# %% ../nbs/70_workflow.ipynb #a3b437c0
 def _skip_reason(st:Stage, ent:dict, h:str, force:list) -> str|None:
     last = ent.get("last_success")
     if st.name in force or not last or last.get("input_hash") != h or not outputs_exist(last.get("outputs") or {}): return None
@@ -292,7 +296,7 @@ def _row(st:Stage, action:str, **kw) -> dict: return {"stage": st.name, "kind": 
 
 def _error(e:BaseException) -> str: return f"{type(e).__name__}: {e}" if not isinstance(e, SphanaError) else str(e)
 
-# %% ../nbs/70_workflow.ipynb #a8681421
+# %% ../nbs/70_workflow.ipynb #cbe70883
 def run_workflow(spec:WorkflowSpec, echo:Callable=print) -> dict:
     "Run the stages of `spec` (skipping unchanged ones, resuming an interrupted one); returns the workflow report."
     root = Path(spec.root); root.mkdir(parents=True, exist_ok=True); t_all = time.monotonic()
@@ -311,12 +315,12 @@ def run_workflow(spec:WorkflowSpec, echo:Callable=print) -> dict:
             if rows[-1]["action"] == "failed": break
         return write_report(root, state, rows, time.monotonic() - t_all, echo)
 
-# %% ../nbs/70_workflow.ipynb #a3b437c0
+# %% ../nbs/70_workflow.ipynb #5b8c9404
 def _run_one(st:Stage, i:int, n:int, spec:WorkflowSpec, root:Path, state:dict, echo:Callable) -> dict:
     head = f"stage {i}/{n}: {st.name}"
     if (why := unavailable(st)): echo(f"{head}: skipped, not available ({why})"); return _row(st, "unavailable", reason=why)
     ent = state["stages"].setdefault(st.name, {})
-    try: h = digest(stage_inputs(st, root, state))
+    try: inputs = stage_inputs(st, root, state); h = digest(inputs)
     except SphanaError as e:
         echo(f"{head}: failed: {e}"); ent.update(status="failed", error=str(e), finished=_now()); save_state(root, state)
         return _row(st, "failed", error=str(e), user_error=True)
@@ -334,11 +338,11 @@ def _run_one(st:Stage, i:int, n:int, spec:WorkflowSpec, root:Path, state:dict, e
         return _row(st, "failed", error=_error(e), user_error=isinstance(e, SphanaError), seconds=ent["duration_s"])
     d = round(time.monotonic() - t0, 2)
     ent.update(status="succeeded", finished=_now(), duration_s=d, outputs=out)
-    ent["last_success"] = {"input_hash": h, "finished": ent["finished"], "duration_s": d, "outputs": out}
+    ent["last_success"] = {"input_hash": h, "inputs": inputs, "finished": ent["finished"], "duration_s": d, "outputs": out}
     save_state(root, state); echo(f"{head}: done in {fmt_duration(d)}{_brief(out)}")
     return _row(st, "resumed" if resuming else "ran", seconds=d, outputs=out)
 
-# %% ../nbs/70_workflow.ipynb #cbe70883
+# %% ../nbs/70_workflow.ipynb #25aae5f3
 def _brief(out:dict) -> str:
     "A few words about a stage's outputs."
     if out.get("version"): return f": {out.get('component', '')} {out['version']}" + (f", {out['metric']} {out['value']:.4f}" if isinstance(out.get("value"), (int, float)) else "")
@@ -362,7 +366,7 @@ def write_report(root:Path, state:dict, rows:list, seconds:float, echo:Callable=
     atomic_write_json(Path(root)/REPORT_FILE, doc)
     return doc
 
-# %% ../nbs/70_workflow.ipynb #25aae5f3
+# %% ../nbs/70_workflow.ipynb #745ff67b
 def workflow_status(root:str|Path) -> list[dict]:
     "Per stage of the last workflow on `root`: status, last success, version, duration, stale or not, report."
     root = Path(root).expanduser().resolve(); state = read_state(root)
@@ -371,7 +375,10 @@ def workflow_status(root:str|Path) -> list[dict]:
     for s in state["plan"]:
         st = Stage(**s); ent = state["stages"].get(st.name, {}); last = ent.get("last_success") or {}
         why = unavailable(st)
-        try: stale = None if why else (not last or digest(stage_inputs(st, root, state)) != last.get("input_hash") or not outputs_exist(last.get("outputs") or {}))
+        try:
+            now = None if why else stage_inputs(st, root, state)
+            stale = None if why else (not last or digest(now) != last.get("input_hash") or not outputs_exist(last.get("outputs") or {}))
+            if stale and last.get("inputs"): why = "changed: " + (", ".join(changed_keys(last["inputs"], now)) or "outputs missing")
         except SphanaError as e: stale, why = True, str(e)
         out = last.get("outputs") or {}
         rows.append({"stage": st.name, "status": ent.get("status") or ("not available" if why else "never run"), "last_success": last.get("finished"),
@@ -379,7 +386,17 @@ def workflow_status(root:str|Path) -> list[dict]:
                      "report": (out.get("report") or {}).get("html") or (str(Path(out["report_dir"])/"report.json") if out.get("report_dir") else None)})
     return rows
 
-# %% ../nbs/70_workflow.ipynb #d72f96ec
+# %% ../nbs/70_workflow.ipynb #514ca80d
+def changed_keys(old:dict, new:dict, prefix:str="") -> list[str]:
+    "The dotted keys whose values differ between two input descriptions."
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict): out += changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b: out.append(f"{prefix}{k}")
+    return out
+
+# %% ../nbs/70_workflow.ipynb #ac643911
 def format_status(rows:list[dict]) -> str:
     "The status rows as a table."
     head = ("stage", "status", "last success", "version", "duration", "stale", "report")
@@ -390,7 +407,7 @@ def format_status(rows:list[dict]) -> str:
     notes = [f"  {r['stage']}: {r['note']}" for r in rows if r.get("note")]
     return "\n".join(lines + (["notes:"] + notes if notes else []))
 
-# %% ../nbs/70_workflow.ipynb #514ca80d
+# %% ../nbs/70_workflow.ipynb #4ad0e5d1
 def _abs(p) -> str|None: return str(Path(p).expanduser().resolve()) if p else None
 
 def plan_run(artifact_root:str|Path|None=None, # default `<workspace>/artifacts`
@@ -422,7 +439,7 @@ def plan_run(artifact_root:str|Path|None=None, # default `<workspace>/artifacts`
     if not stages: raise SphanaError("nothing to run: give at least one of --ingest-config, --<component>-config, --export-config, --package-config, --promote-component")
     return WorkflowSpec(root, stages, report, list(force or []))
 
-# %% ../nbs/70_workflow.ipynb #ac643911
+# %% ../nbs/70_workflow.ipynb #ae015d8c
 def pin_promoted_version(spec:WorkflowSpec) -> WorkflowSpec:
     "Train the promoted component as `--promote-version` when its config leaves the version open."
     pr = next((s for s in spec.stages if s.kind == "promote"), None)
@@ -431,7 +448,7 @@ def pin_promoted_version(spec:WorkflowSpec) -> WorkflowSpec:
         tr.params["overrides"] = {**tr.params.get("overrides", {}), "version": pr.params["version"]}
     return spec
 
-# %% ../nbs/70_workflow.ipynb #4ad0e5d1
+# %% ../nbs/70_workflow.ipynb #be1b9e9d
 WIKI_COMPONENTS = ("embedding", "relation", "gnn", "ner", "llm")
 
 def plan_wiki(artifact_root=None, configs_dir:str|Path="configs", # folder with `<stage>/wiki.yaml`
