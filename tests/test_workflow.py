@@ -80,6 +80,7 @@ def test_unchanged_skips_and_changed_config_reruns_downstream(tmp_path, toy):
     st = status(tmp_path, ws)
     assert {s: st[s]["stale"] for s in STAGES} == {s: s == "train_embedding" for s in STAGES}
     assert st["train_embedding"]["version"] == v1 and st["train_embedding"]["status"] == "succeeded"
+    assert st["train_embedding"]["note"] == "changed: config.learning_rate"
     cli(run_args(tmp_path, ing, emb, rel, "--no-report"), ws)
     assert actions(tmp_path) == {"ingest": "skipped", "build_datasets": "skipped", "train_embedding": "ran", "export": "ran",
                                  "package": "ran", "promote": "ran"}
