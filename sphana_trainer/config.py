@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
-from .core import SphanaError, get_logger
+from .core import SphanaError, get_logger, require_file
 
 # %% auto #0
 __all__ = ['COMPONENTS', 'StrictModel', 'ExportConfig', 'TrainConfig', 'EmbeddingConfig', 'RelationConfig', 'GnnConfig',
@@ -304,7 +304,7 @@ def load_config(path:str|Path, # YAML file
                ) -> StrictModel:
     "Load and validate the YAML config of `component` at `path`."
     path = Path(path)
-    if not path.is_file(): raise SphanaError(f"{path}: config file not found; see configs/{component}/base.yaml for an example")
+    require_file(path, f"see configs/{component}/base.yaml for an example", "config file")
     text = path.read_text(encoding="utf-8")
     try: data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e: raise SphanaError(f"{path}: invalid YAML: {e}") from None

@@ -12,8 +12,8 @@ from typing import Any, Iterable, Iterator
 # %% auto #0
 __all__ = ['QUIET_LOGGERS', 'WORKSPACE_DIRS', 'SphanaError', 'get_logger', 'verbose_requested', 'set_verbose', 'workspace',
            'ws_path', 'current_umask', 'atomic_open', 'atomic_write', 'atomic_write_json', 'write_jsonl',
-           'remove_stale_temps', 'encoding_problem', 'check_jsonl_file', 'iter_jsonl', 'fingerprint', 'seed_everything',
-           'select_device', 'fmt_duration', 'in_notebook', 'Progress']
+           'remove_stale_temps', 'encoding_problem', 'require_file', 'check_jsonl_file', 'iter_jsonl', 'fingerprint',
+           'seed_everything', 'select_device', 'fmt_duration', 'in_notebook', 'Progress']
 
 # %% ../nbs/00_core.ipynb #c7750a0f
 class SphanaError(Exception):
@@ -157,6 +157,14 @@ def encoding_problem(path:str|Path) -> str|None:
     return (f"{path}: the file is {name} text, not UTF-8; re-encode it: "
             f"iconv -f {iconv} -t UTF-8 {path} > {path}.utf8 && mv {path}.utf8 {path}")
 
+def require_file(path:str|Path, # the file that must exist
+                 fix:str="check the path", # how to get it, said after the error
+                 what:str="file") -> Path: # what it is, e.g. `config file`
+    "`path` as a `Path` when it is a file; else a `SphanaError` naming it and the fix."
+    path = Path(path)
+    if not path.is_file(): raise SphanaError(f"{path}: {what} not found; {fix}")
+    return path
+
 def check_jsonl_file(path:str|Path) -> Path:
     "`path` as a `Path` after checking it is a readable UTF-8 file (not a folder, not UTF-16); else `SphanaError`."
     path = Path(path)
@@ -164,7 +172,7 @@ def check_jsonl_file(path:str|Path) -> Path:
         found = sorted(p.name for p in path.glob("*.jsonl"))
         raise SphanaError(f"{path}: is a folder; pass a .jsonl file such as {path/(found[0] if found else 'train.jsonl')}"
                           + (f" (here: {', '.join(found)})" if found else ""))
-    if not path.is_file(): raise SphanaError(f"{path}: file not found; check the path")
+    require_file(path)
     if (why := encoding_problem(path)): raise SphanaError(why)
     return path
 

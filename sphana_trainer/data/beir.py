@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 import sphana_trainer
-from ..core import SphanaError, get_logger, iter_jsonl, atomic_write_json, fingerprint, Progress
+from ..core import SphanaError, get_logger, iter_jsonl, atomic_write_json, fingerprint, Progress, require_file
 from .build import BuildResult, split_docs, write_splits, hash_features, chunk_sentences
 
 # %% auto #0
@@ -76,7 +76,7 @@ def load_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl and q
     d = Path(beir_dir)
     if not d.is_dir(): raise SphanaError(f"{d}: BEIR folder not found; it should hold corpus.jsonl, queries.jsonl and qrels/*.tsv")
     for name in ("corpus.jsonl", "queries.jsonl"):
-        if not (d/name).is_file(): raise SphanaError(f"{d/name}: file not found; a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/*.tsv")
+        require_file(d/name, "a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/*.tsv")
     files = sorted((d/"qrels").glob("*.tsv")) if (d/"qrels").is_dir() else []
     if not files: raise SphanaError(f"{d/'qrels'}: no .tsv files; put the relevance judgements in qrels/<split>.tsv (header: query-id corpus-id score)")
     corpus, queries, qrels, skipped = {}, {}, defaultdict(dict), Counter()
@@ -237,15 +237,10 @@ def candidate_graph(fz:Featurizer, query:str, nodes:list[str], doc_score:float) 
 
 # %% ../../nbs/21_data.beir.ipynb #ed42797a
 def _candidates(q, data, ids, ranking, scores, top_k_:int):
-    "Top-k doc ids for `q` with missing relevant docs swapped in, and their normalized ranker scores."
-    rel = {d for d, s in data.qrels[q].items() if s > 0}
-    pos_of = {ids[i]: r for r, i in enumerate(ranking[q])}
+    "The first-stage top-k doc ids for `q` (what a reranker sees at serving time) and their normalized ranker scores."
+    # Relevant documents from below the cut-off are *not* swapped in: they would all carry low retriever scores,
+    # and a reranker would learn "a low first-stage score means relevant" (a label leak).
     top = [ids[i] for i in ranking[q][:top_k_]]
-    missing = [d for d in sorted(rel - set(top), key=lambda d: (pos_of.get(d, 1 << 30), d))]
-    room = max(0, max(1, top_k_ // 2) - len(rel & set(top)))
-    if missing and room:
-        drop = [d for d in reversed(top) if d not in rel][:min(room, len(missing))]
-        top = [d for d in top if d not in drop] + missing[:len(drop)]
     sc = {ids[i]: s for i, s in zip(ranking[q], scores[q])}
     lo = min(scores[q]) if scores[q] else 0.0
     hi = max(sc.get(d, lo) for d in top) if top else 1.0

@@ -12,7 +12,7 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 import sphana_trainer
-from ..core import SphanaError, get_logger, iter_jsonl, write_jsonl, atomic_write_json, fingerprint, Progress
+from ..core import SphanaError, get_logger, iter_jsonl, write_jsonl, atomic_write_json, fingerprint, Progress, require_file
 from ..schemas import load_schema, validate_jsonl
 
 # %% auto #0
@@ -129,7 +129,7 @@ def load_ingest(ingest_dir:str|Path, # folder with `chunks.jsonl` and `relations
     d = Path(ingest_dir)
     if not d.is_dir(): raise SphanaError(f"{d}: ingest folder not found; run `sphana-trainer ingest` first or check the path")
     for name in ("chunks.jsonl", "relations.jsonl"):
-        if not (d/name).is_file(): raise SphanaError(f"{d/name}: file not found; an ingest folder holds chunks.jsonl and relations.jsonl (run `sphana-trainer ingest`)")
+        require_file(d/name, "an ingest folder holds chunks.jsonl and relations.jsonl (run `sphana-trainer ingest`)")
     vc, vr = Draft202012Validator(load_schema("chunks")), Draft202012Validator(load_schema("relations"))
     chunks, seen = [], set()
     for ln, c in iter_jsonl(d/"chunks.jsonl", with_lineno=True):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ..core import SphanaError, get_logger, atomic_write_json
+from ..core import SphanaError, get_logger, atomic_write_json, require_file
 from ..config import ExportConfig
 
 # %% auto #0
@@ -108,7 +108,7 @@ class OnnxEncoder:
         import onnxruntime as ort
         from transformers import AutoTokenizer
         self.path = Path(path)
-        if not self.path.is_file(): raise SphanaError(f"{self.path}: ONNX model not found")
+        require_file(self.path, "export the model first", "ONNX model")
         so = ort.SessionOptions(); so.intra_op_num_threads = threads or torch.get_num_threads(); so.inter_op_num_threads = 1
         so.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), so, providers=providers or ["CPUExecutionProvider"])

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from jsonschema import Draft202012Validator
-from ..core import SphanaError
+from ..core import SphanaError, require_file
 from ..schemas import ValidationReport, validate_jsonl, percentiles
 
 # %% auto #0
@@ -19,7 +19,7 @@ __all__ = ['IngestValidation', 'validate_ingest']
 def _validate_with(path:Path, schema_file:str|Path, kind:str) -> ValidationReport:
     "Like `validate_jsonl`, against the JSON Schema in `schema_file`."
     sf = Path(schema_file)
-    if not sf.is_file(): raise SphanaError(f"{sf}: schema file not found; check --{kind}-schema")
+    require_file(sf, f"check --{kind}-schema", "schema file")
     try: schema = json.loads(sf.read_text(encoding="utf-8")); Draft202012Validator.check_schema(schema)
     except Exception as e: raise SphanaError(f"{sf}: not a valid JSON Schema ({str(e).splitlines()[0]})") from None
     v, rep = Draft202012Validator(schema), ValidationReport(str(path), kind)
@@ -33,7 +33,7 @@ def _validate_with(path:Path, schema_file:str|Path, kind:str) -> ValidationRepor
     return rep
 
 def _schema_report(path, kind, schema_file=None):
-    if not path.is_file(): raise SphanaError(f"{path}: file not found; run `sphana-trainer ingest` first or fix output_dir")
+    require_file(path, "run `sphana-trainer ingest` first or fix output_dir")
     return _validate_with(path, schema_file, kind) if schema_file else validate_jsonl(path, kind)
 
 # %% ../../nbs/15_ingest.validate.ipynb #6622538b

@@ -8,7 +8,7 @@ import gzip, hashlib, io, json, os, re, tarfile, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 import numpy as np
-from ..core import SphanaError, atomic_open, get_logger
+from ..core import SphanaError, atomic_open, get_logger, require_file
 from .manifest import (ReleaseConfig, drift, json_tensor, read_manifest, release_paths,
                                              sha256_file, validate_manifest)
 
@@ -189,7 +189,7 @@ def _check_files(td:Path, doc:dict, names:list) -> list[str]:
 def verify_package(path:str|Path) -> VerifyReport:
     "Open a package as the runtime would and check it; `SphanaError` naming every problem."
     path = Path(path)
-    if not path.is_file(): raise SphanaError(f"{path}: package not found")
+    require_file(path, "pass the .tar.gz that `sphana-trainer package` wrote", "package")
     with tempfile.TemporaryDirectory(prefix="sphana-verify-") as td:
         td = Path(td); names = safe_extract(path, td)
         if MANIFEST_NAME not in names: raise SphanaError(f"{path}: no {MANIFEST_NAME} at the top of the package")
