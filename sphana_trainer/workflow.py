@@ -318,8 +318,12 @@ def run_workflow(spec:WorkflowSpec, echo:Callable=print) -> dict:
 # %% ../nbs/70_workflow.ipynb #5b8c9404
 def _run_one(st:Stage, i:int, n:int, spec:WorkflowSpec, root:Path, state:dict, echo:Callable) -> dict:
     head = f"stage {i}/{n}: {st.name}"
-    if (why := unavailable(st)): echo(f"{head}: skipped, not available ({why})"); return _row(st, "unavailable", reason=why)
     ent = state["stages"].setdefault(st.name, {})
+    try: why = unavailable(st)
+    except Exception as e:   # the module exists but does not import (a broken installation)
+        echo(f"{head}: failed: {_error(e)}"); ent.update(status="failed", error=_error(e), finished=_now()); save_state(root, state)
+        return _row(st, "failed", error=_error(e), user_error=False)
+    if why: echo(f"{head}: skipped, not available ({why})"); return _row(st, "unavailable", reason=why)
     try: inputs = stage_inputs(st, root, state); h = digest(inputs)
     except SphanaError as e:
         echo(f"{head}: failed: {e}"); ent.update(status="failed", error=str(e), finished=_now()); save_state(root, state)
