@@ -16,9 +16,8 @@ from ..hub import gguf_file, resolve_model
 
 # %% auto #0
 __all__ = ['PLAIN_TEMPLATE', 'CHATML', 'ensure_chat_template', 'messages', 'tiny_tokenizer', 'tiny_causal_lm', 'load_causal_lm',
-           'prompt_ids', 'answer_ids', 'encode_record', 'collate_sft', 'length_grouped_batches', 'SftModule',
-           'apply_lora', 'merge_lora', 'kv_shape', 'step_names', 'DecoderStep', 'greedy_generate', 'sequence_loss',
-           'normalize_answer', 'token_f1']
+           'prompt_ids', 'answer_ids', 'encode_record', 'collate_sft', 'SftModule', 'apply_lora', 'merge_lora',
+           'kv_shape', 'step_names', 'DecoderStep', 'greedy_generate', 'sequence_loss', 'normalize_answer', 'token_f1']
 
 # %% ../../nbs/34_models.llm.ipynb #d1574912
 PLAIN_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] + '\\n\\n' }}"
@@ -142,16 +141,6 @@ def collate_sft(pad_id:int) -> Callable:
             ids[i, :k], lab[i, :k], mask[i, :k] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
         return {"input_ids": ids, "attention_mask": mask, "labels": lab}
     return collate
-
-def length_grouped_batches(lengths:list[int], batch_size:int, seed:int, epoch:int, mega:int=50) -> list[list[int]]:
-    "Batches of indices of similar length: shuffled megabatches sorted by length, the batches shuffled."
-    g = torch.Generator().manual_seed(seed + epoch)
-    order = torch.randperm(len(lengths), generator=g).tolist(); m = mega * batch_size
-    out = []
-    for i in range(0, len(order), m):
-        chunk = sorted(order[i:i + m], key=lambda j: -lengths[j])
-        out += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-    return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
 
 # %% ../../nbs/34_models.llm.ipynb #8d4928ed
 class SftModule(nn.Module):

@@ -12,7 +12,7 @@ import torch
 from ..core import SphanaError, atomic_write_json, get_logger, iter_jsonl
 from ..config import LlmConfig
 from ..models.llm import (DecoderStep, SftModule, apply_lora, collate_sft, encode_record, greedy_generate,
-                                       kv_shape, length_grouped_batches, load_causal_lm, merge_lora, normalize_answer,
+                                       kv_shape, load_causal_lm, merge_lora, normalize_answer,
                                        sequence_loss, step_names, tiny_causal_lm, token_f1, _empty_past, _left_pad)
 from .component import Component, ExportSpec, register, torch_infer
 from .runtime import TrainTask
@@ -91,7 +91,8 @@ def _build(self, cfg:LlmConfig, train:list, val:list|None) -> TrainTask:
                                             max(8, cfg.batch_size)).items() if k != "predictions"}
         finally: module.train()
     return TrainTask(SftModule(model), enc, collate_sft(tok.pad_token_id), evaluate if val else None, cfg.metric,
-                     self.better(cfg.metric), assets={"tokenizer": tok, "settings": st})
+                     self.better(cfg.metric), lengths=[len(e["input_ids"]) for e in enc],
+                     assets={"tokenizer": tok, "settings": st})
 LlmComponent.build = _build
 
 # %% ../../nbs/49_train.llm.ipynb #e84f2b92
