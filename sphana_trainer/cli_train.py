@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['register']
 
-# %% ../nbs/84_cli.train.ipynb #c0b3ac50
+# %% ../nbs/84_cli.train.ipynb #61c30654
 import json, os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,7 +14,7 @@ from .core import SphanaError, ws_path
 from .config import load_config
 from .components import REGISTRY
 
-# %% ../nbs/84_cli.train.ipynb #67bc51f5
+# %% ../nbs/84_cli.train.ipynb #495d3dfe
 def _load(config, component, **overrides):
     return load_config(config, component, {k: v for k, v in overrides.items() if v is not None})
 
@@ -23,15 +23,17 @@ def _rank0() -> bool: return int(os.environ.get("RANK", "0")) == 0
 def _fmt(m:dict) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)) or "n/a"
 
-# %% ../nbs/84_cli.train.ipynb #375835b6
+# %% ../nbs/84_cli.train.ipynb #062d4566
 def _train_cmd(name:str, comp):
     def cmd(config: Annotated[Path, typer.Option("--config", "-c", help=f"{name} YAML config, e.g. configs/{name}/base.yaml")],
             resume: Annotated[Optional[str], typer.Option(help="Continue an interrupted run: 'latest' or a run/checkpoint folder")] = None,
             seed: Annotated[Optional[int], typer.Option(help="Override the config's seed")] = None,
             log_to_mlflow: Annotated[Optional[bool], typer.Option("--log-to-mlflow/--no-log-to-mlflow",
                                                                   help="Log params, metrics and artifacts to MLflow")] = None,
-            version: Annotated[Optional[str], typer.Option(help="Artifact version (default: the config's, or a UTC timestamp + suffix)")] = None):
+            version: Annotated[Optional[str], typer.Option(help="Artifact version (default: the config's, or a UTC timestamp + suffix)")] = None,
+            report: Annotated[bool, typer.Option("--report", help="Run through the run notebook; save report.ipynb/.html beside the artifact")] = False):
         from sphana_trainer.lifecycle import run_train
+        if report: return _train_report(name, config, resume, seed=seed, version=version, log_to_mlflow=log_to_mlflow)
         r = run_train(_load(config, name, seed=seed, log_to_mlflow=log_to_mlflow, version=version), resume=resume)
         if not _rank0(): return  # under torchrun only rank 0 reports
         typer.echo(f"{name} {r.version}: {r.steps} steps; best {_fmt(r.metrics)}")
@@ -40,7 +42,14 @@ def _train_cmd(name:str, comp):
     cmd.__doc__ = f"Train the {name} component ({comp.__doc__ or ''}), export ONNX with parity checks, publish the artifact."
     return cmd
 
-# %% ../nbs/84_cli.train.ipynb #9947ea62
+# %% ../nbs/84_cli.train.ipynb #33594fce
+def _train_report(name:str, config:Path, resume, **flags):
+    from sphana_trainer.reports import run_report
+    over = {k: v for k, v in flags.items() if v is not None}
+    fig = run_report(f"train_{name}", {"config": str(config), "component": name, "overrides": over, "resume": resume})
+    typer.echo(f"{name} {fig['version']}: {fig['artifact_dir']}"); typer.echo(f"report: {fig['report']['html']}")
+
+# %% ../nbs/84_cli.train.ipynb #79b8995e
 def _sweep_cmd(name:str, comp):
     def cmd(config: Annotated[Path, typer.Option("--config", "-c", help=f"Base {name} YAML config")],
             lr: Annotated[Optional[list[float]], typer.Option("--lr", help="Learning rate (repeat for a grid)")] = None,
@@ -61,7 +70,7 @@ def _sweep_cmd(name:str, comp):
     cmd.__doc__ = f"Train every combination of {name} knobs (nothing published), print a table sorted by the validation metric, write the best config as YAML."
     return cmd
 
-# %% ../nbs/84_cli.train.ipynb #fbd75b93
+# %% ../nbs/84_cli.train.ipynb #6ad18c3a
 def _eval_cmd(name:str, comp):
     def cmd(data: Annotated[Path, typer.Option("--data", "-d", help=f"{name} data file (or folder) to evaluate on")],
             version: Annotated[Optional[str], typer.Option(help="Published version (default: latest)")] = None,
@@ -83,7 +92,7 @@ def _eval_cmd(name:str, comp):
     cmd.__doc__ = f"Evaluate a model of the {name} component (version, checkpoint, ONNX or base model) on a data file; print a table, write JSON."
     return cmd
 
-# %% ../nbs/84_cli.train.ipynb #9baa924e
+# %% ../nbs/84_cli.train.ipynb #80c39bae
 def register(app):
     "Add `train <component>`, `train sweep <component>` and `evaluate <component>` for every registered component."
     train_app = typer.Typer(no_args_is_help=True, help="Train a component (writes a versioned artifact under <workspace>/artifacts/<component>/).")

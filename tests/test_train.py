@@ -182,3 +182,12 @@ def test_resume_messages_and_zero_epochs(tmp_path, toy):
     r = cli(["train", "embedding", "--config", str(zero)], ws, check=False)
     assert r.returncode == 2 and "epochs" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert (art(ws)/"latest.json").read_bytes() == before and not (art(ws)/"v0").exists()
+
+def test_train_report_beside_artifact(tmp_path, toy):
+    "`train embedding --report` runs the run notebook and leaves report.ipynb/.html/.json beside the artifact."
+    ws = tmp_path/"ws"
+    cfg = write_cfg(tmp_path/"c.yaml", toy, epochs=1, eval_every_steps=None, version="rep")
+    r = cli(["train", "embedding", "--config", str(cfg), "--report"], ws)
+    assert "report:" in r.stdout, r.stdout
+    for f in ("report.ipynb", "report.html", "report.json"): assert (art(ws)/"rep"/f).is_file(), f
+    assert "data:image/png;base64" in (art(ws)/"rep"/"report.html").read_text()
