@@ -4,7 +4,7 @@ import json, os, subprocess
 from pathlib import Path
 import numpy as np
 import pytest
-from conftest import ROOT, BIN
+from conftest import ROOT, BIN, run_cli as cli
 
 torch = pytest.importorskip("torch")
 from sphana_trainer.train.gnn import GnnComponent, odd_size_feeds, onnx_parity, synthetic_queries
@@ -31,11 +31,6 @@ def write_cfg(path, data, **extra):
     path.write_text(json.dumps(base))
     return path
 
-def cli(args, ws, check=True):
-    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    if check: assert r.returncode == 0, r.stdout + r.stderr
-    return r
 
 def test_train_publish_onnx_odd_sizes_and_evaluate(tmp_path, data):
     ws = tmp_path/"ws"

@@ -3,7 +3,7 @@ greedy parity with the KV cache, LoRA, evaluate, and clear errors for bad input.
 import json, logging, os, signal, subprocess
 from pathlib import Path
 import pytest
-from conftest import ROOT, BIN
+from conftest import ROOT, BIN, run_cli as cli
 
 torch = pytest.importorskip("torch")
 import numpy as np
@@ -31,11 +31,6 @@ def write_cfg(path, model, **extra):
     path.write_text(json.dumps(base))
     return path
 
-def cli(args, ws, env_extra=None, check=True):
-    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    r = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    if check: assert r.returncode == 0, r.stdout + r.stderr
-    return r
 
 def art(ws): return Path(ws)/"artifacts"/"llm"
 

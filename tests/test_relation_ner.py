@@ -4,7 +4,7 @@ import json, os, subprocess
 from pathlib import Path
 import numpy as np
 import pytest
-from conftest import ROOT, BIN
+from conftest import ROOT, BIN, run_cli as cli
 
 torch = pytest.importorskip("torch")
 from sphana_trainer.hub import tiny_bert
@@ -26,11 +26,6 @@ def rel(a, v, b, lab):
     return {"text": f"{a} {v} {b} .", "entity1": {"text": a, "start": 0, "end": len(a)},
             "entity2": {"text": b, "start": len(a) + len(v) + 2, "end": len(a) + len(v) + 2 + len(b)}, "label": lab}
 
-def cli(args, ws, check=True):
-    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    if check: assert r.returncode == 0, r.stdout + r.stderr
-    return r
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -4,7 +4,7 @@ diff, concurrent exports, failed exports and packages that leave the previous fi
 import io, json, os, shutil, subprocess, sys, tarfile
 from pathlib import Path
 import pytest
-from conftest import ROOT, BIN
+from conftest import ROOT, BIN, run_cli as cli
 
 pytest.importorskip("onnxruntime")
 from sphana_trainer.hub import tiny_bert
@@ -14,12 +14,6 @@ from sphana_trainer.release.manifest import read_manifest, validate_manifest
 CLI = str(BIN/"sphana-trainer")
 
 
-def cli(args, ws, check=True, env_extra=None):
-    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           **(env_extra or {})}
-    r = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    if check: assert r.returncode == 0, r.stdout + r.stderr
-    return r
 
 
 @pytest.fixture(scope="module")

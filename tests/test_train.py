@@ -2,7 +2,7 @@
 import json, os, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
-from conftest import ROOT, BIN
+from conftest import ROOT, BIN, run_cli as cli
 
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file
@@ -27,11 +27,6 @@ def write_cfg(path, toy, **extra):
     path.write_text(json.dumps(base))  # JSON is valid YAML
     return path
 
-def cli(args, ws, env_extra=None, check=True):
-    env = {**os.environ, "SPHANA_WORKSPACE": str(ws), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    r = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    if check: assert r.returncode == 0, r.stdout + r.stderr
-    return r
 
 def art(ws): return Path(ws)/"artifacts"/"embedding"
 
