@@ -182,3 +182,26 @@ def test_outputs_follow_umask(tmp_path):
         assert r.returncode == 0, r.stderr
         modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
         assert modes and set(modes.values()) == {want}, (oct(um), {k: oct(v) for k, v in modes.items()})
+
+def test_mine_negatives_pairs_file(tmp_path):
+    "dataset-mine-negatives: a query's other positives are never its negatives; guards and counts in mine_meta.json."
+    pairs = [("heat flow in slabs", "transient heat flow through layered slabs"),
+             ("heat flow in slabs", "heat conduction in composite slabs"),
+             ("shock waves at hypersonic speed", "detached shock ahead of blunt bodies")]
+    docs = ["thermal conductivity of slab materials", "heat flow and shock waves", "laminar boundary layer transition",
+            "turbulent boundary layer on a flat plate"]
+    pf, cf = tmp_path/"pairs.jsonl", tmp_path/"corpus.jsonl"
+    pf.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in pairs))
+    cf.write_text("".join(json.dumps({"_id": str(i), "title": "", "text": t}) + "\n" for i, t in enumerate(docs)))
+    r = run("dataset-mine-negatives", pf, "-o", tmp_path/"m", "--corpus", cf, "--negatives", "2", "--sampling", "random",
+            "--relative-margin", "-1")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(l) for l in (tmp_path/"m"/"train.jsonl").read_text().splitlines()]
+    meta = json.loads((tmp_path/"m"/"mine_meta.json").read_text())
+    assert len(recs) == meta["records"] == 6 and meta["documents"] == 7 and meta["mining"]["sampling"] == "random"
+    assert meta["mining"]["counts"]["dropped_relevant"] >= 2, meta                      # the other positive of the query
+    for x in recs:
+        assert x["negative"] not in {p for q, p in pairs if q == x["query"]}, x
+    assert validate_jsonl(tmp_path/"m"/"train.jsonl", "embedding").ok
+    one_line_error(run("dataset-mine-negatives", pf, "-o", tmp_path/"m2", "--range-min", "5", "--range-max", "5"),
+                   "range_min < range_max")

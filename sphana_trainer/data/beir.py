@@ -13,8 +13,9 @@ from ..core import SphanaError, get_logger, iter_jsonl, atomic_write_json, finge
 from .build import BuildResult, split_docs, write_splits, hash_features, chunk_sentences
 
 # %% auto #0
-__all__ = ['N_STATS', 'write_example_beir', 'BeirData', 'load_beir', 'BM25', 'top_k', 'Encoder', 'doc_text', 'rank_corpus',
-           'ndcg_at', 'passage_nodes', 'graph_edges', 'Featurizer', 'candidate_graph', 'build_from_beir']
+__all__ = ['N_STATS', 'MINILM', 'write_example_beir', 'BeirData', 'load_beir', 'BM25', 'top_k', 'Encoder', 'doc_text',
+           'rank_corpus', 'ndcg_at', 'MineOptions', 'pick_negatives', 'score_queries', 'mine_negatives', 'mine_pairs',
+           'passage_nodes', 'graph_edges', 'Featurizer', 'candidate_graph', 'build_from_beir']
 
 # %% ../../nbs/21_data.beir.ipynb #1d90dbb8
 def write_example_beir(path:str|Path, # folder to create
@@ -132,23 +133,24 @@ class Encoder:
         self.tok = AutoTokenizer.from_pretrained(self.path)
         self.device = select_device(device)
         self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size, self.memo = max_length, batch_size, {}
 
     def encode(self, texts:list[str], desc:str="Encoding texts", log_interval:float=25):
-        "A `(len(texts), dim)` float32 numpy array of unit vectors (longest texts batched together)."
+        "A `(len(texts), dim)` float32 array of unit vectors (longest texts batched together; each text embedded once)."
         import numpy as np, torch
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = [None] * len(texts)
-        with Progress(len(texts), desc, log_interval=log_interval, unit="texts") as prog, torch.inference_mode():
-            for s in range(0, len(order), self.batch_size):
-                idx = order[s:s + self.batch_size]
-                enc = self.tok([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+        new = sorted({t for t in texts if t not in self.memo}, key=lambda t: (-len(t), t))
+        with Progress(len(new), desc, log_interval=log_interval, unit="texts") as prog, torch.inference_mode():
+            for s in range(0, len(new), self.batch_size):
+                chunk = new[s:s + self.batch_size]
+                enc = self.tok(chunk, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(self.device)
                 h = self.model(**enc).last_hidden_state
                 m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-                v = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1).float().cpu().numpy()
-                for i, row in zip(idx, v): out[i] = row
-                prog.update(len(idx))
-        return np.stack(out) if out else np.zeros((0, self.model.config.hidden_size), dtype="float32")
+                v = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+                self.memo.update(zip(chunk, v.float().cpu().numpy()))
+                prog.update(len(chunk))
+        if not texts: return np.zeros((0, self.model.config.hidden_size), dtype="float32")
+        return np.stack([self.memo[t] for t in texts])
 
 # %% ../../nbs/21_data.beir.ipynb #d4a25bf6
 def doc_text(d:dict) -> str:
@@ -180,6 +182,107 @@ def ndcg_at(ranked:list, rel:dict, k:int=10) -> float:
     dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
     ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted((g for g in rel.values() if g > 0), reverse=True)[:k]))
     return dcg / ideal if ideal else 0.0
+
+# %% ../../nbs/21_data.beir.ipynb #47205d4b
+@dataclass
+class MineOptions:
+    "How hard negatives are picked among a query's ranked candidates."
+    num_negatives:int=1 # negatives per (query, positive) pair (each one is a training record)
+    range_min:int=0 # skip the ranker's `range_min` best ranks
+    range_max:int=50 # consider only the ranker's `range_max` best ranks
+    absolute_margin:float|None=None # drop candidates scored above `positive - absolute_margin`
+    relative_margin:float|None=0.05 # drop candidates scored above `positive - |positive| * relative_margin`
+    sampling:str="top" # `top` survivors first, or a seeded `random` sample of them
+
+    def check(self):
+        "Raise a `SphanaError` naming the bad option."
+        if self.num_negatives < 0: raise SphanaError(f"num_negatives must be >= 0, got {self.num_negatives}")
+        if not 0 <= self.range_min < self.range_max:
+            raise SphanaError(f"need 0 <= range_min < range_max, got {self.range_min} and {self.range_max}")
+        if self.sampling not in ("top", "random"): raise SphanaError(f"sampling must be top or random, got {self.sampling!r}")
+        return self
+
+# %% ../../nbs/21_data.beir.ipynb #8a7bbc4d
+def pick_negatives(cands:list, # `(doc id, score)` of the ranker's best candidates, best first
+                   relevant:set, # doc ids judged relevant to the query: never negatives
+                   pos_score:float, # the pair's positive as the ranker scores it
+                   opts:MineOptions, rng:random.Random, stats:Counter) -> list:
+    "Negatives of one (query, positive) pair; `stats` counts what each guard dropped."
+    keep = []
+    for rank, (d, s) in enumerate(cands[:opts.range_max]):
+        if d in relevant: stats["dropped_relevant"] += 1
+        elif rank < opts.range_min: stats["dropped_range_min"] += 1
+        elif opts.absolute_margin is not None and s > pos_score - opts.absolute_margin: stats["dropped_absolute_margin"] += 1
+        elif opts.relative_margin is not None and s > pos_score - abs(pos_score) * opts.relative_margin:
+            stats["dropped_relative_margin"] += 1
+        else: keep.append(d)
+    out = keep[:opts.num_negatives] if opts.sampling == "top" else rng.sample(keep, min(opts.num_negatives, len(keep)))
+    stats["negatives"] += len(out); stats["pairs"] += 1; stats["pairs_short"] += len(out) < opts.num_negatives
+    stats["pairs_without_negative"] += not out
+    return out
+
+# %% ../../nbs/21_data.beir.ipynb #d1477344
+def score_queries(doc_texts:list[str], # the corpus
+                  queries:list[str], # query texts
+                  encoder:Encoder|None=None, # None: BM25 (bm25s, k1 1.2, b 0.75, English stopwords)
+                  block:int=256):
+    "Yield `(query index, float32 scores of every document)`."
+    if encoder is None:
+        import bm25s
+        bm = bm25s.BM25(k1=1.2, b=0.75)
+        bm.index(bm25s.tokenize(doc_texts, stopwords="en", show_progress=False), show_progress=False)
+        for i, q in enumerate(bm25s.tokenize(queries, stopwords="en", return_ids=False, show_progress=False)):
+            yield i, bm.get_scores(q)
+        return
+    D = encoder.encode(doc_texts, "Encoding corpus"); Q = encoder.encode(queries, "Encoding queries", 0)
+    for b in range(0, len(queries), block):   # a block of queries at a time keeps the score matrix small
+        yield from enumerate(Q[b:b + block] @ D.T, b)
+
+# %% ../../nbs/21_data.beir.ipynb #f1cabf9e
+def mine_negatives(doc_ids:list, # corpus ids
+                   doc_texts:list[str], # their texts
+                   queries:dict, # query id -> text
+                   positives:dict, # query id -> positive doc ids (one pair each)
+                   relevant:dict, # query id -> every doc id judged relevant (never a negative)
+                   opts:MineOptions=MineOptions(), encoder:Encoder|None=None, seed:int=42) -> tuple[dict, Counter]:
+    "`({(query id, positive id): [negative ids]}, counts)` from BM25 or `encoder` candidates."
+    import numpy as np
+    opts.check(); rng, stats, out = random.Random(seed), Counter(), {}
+    qids, col, depth = sorted(positives), {d: i for i, d in enumerate(doc_ids)}, min(opts.range_max, len(doc_ids))
+    for k, row in score_queries(doc_texts, [queries[q] for q in qids], encoder):
+        top = np.argpartition(-row, depth - 1)[:depth] if depth < len(row) else np.arange(len(row))
+        cands = [(doc_ids[i], float(row[i])) for i in sorted(top.tolist(), key=lambda i: (-float(row[i]), i))]
+        for p in positives[qids[k]]:
+            out[qids[k], p] = pick_negatives(cands, relevant[qids[k]], float(row[col[p]]), opts, rng, stats)
+    return out, stats
+
+# %% ../../nbs/21_data.beir.ipynb #ad158d36
+def mine_pairs(pairs:str|Path, # JSONL with query/positive (or anchor/context) records
+               output_dir:str|Path, # gets train.jsonl and mine_meta.json
+               corpus:str|Path|None=None, # extra candidate documents (BEIR corpus.jsonl lines)
+               encoder:str|None=None, # candidates ranked by this encoder; None: BM25
+               opts:MineOptions=MineOptions(), seed:int=42, max_length:int=256, batch_size:int=64,
+               device:str="auto") -> dict:
+    "Write `pairs` with mined negatives to `output_dir/train.jsonl`; return the metadata."
+    from sphana_trainer.train.embedding import load_pairs
+    from sphana_trainer.core import write_jsonl
+    recs, out = load_pairs(require_file(Path(pairs), "a JSONL file of query/positive pairs")), Path(output_dir)
+    docs = list(dict.fromkeys([r["positive"] for r in recs] + ([doc_text(r) for r in iter_jsonl(corpus)] if corpus else [])))
+    qtext = list(dict.fromkeys(r["query"] for r in recs))
+    qid, did = {q: str(i) for i, q in enumerate(qtext)}, {d: str(i) for i, d in enumerate(docs)}
+    rel = defaultdict(set)
+    for r in recs: rel[qid[r["query"]]].add(did[r["positive"]])
+    enc = Encoder(encoder, max_length=max_length, batch_size=batch_size, device=device) if encoder else None
+    negs, stats = mine_negatives(list(did.values()), docs, {i: q for q, i in qid.items()},
+                                 {q: sorted(v, key=int) for q, v in rel.items()}, rel, opts.check(), enc, seed)
+    rows = [{"query": r["query"], "positive": r["positive"], "negative": docs[int(n)]}
+            for r in recs for n in negs[qid[r["query"]], did[r["positive"]]]]
+    rows += [r for r in recs if not negs[qid[r["query"]], did[r["positive"]]]]
+    write_jsonl(out/"train.jsonl", rows)
+    meta = {"source": str(Path(pairs).resolve()), "pairs": len(recs), "documents": len(docs), "records": len(rows),
+            "mining": {"miner": encoder or "bm25 (bm25s)", **opts.__dict__, "counts": dict(sorted(stats.items()))}}
+    atomic_write_json(out/"mine_meta.json", meta)
+    return meta
 
 # %% ../../nbs/21_data.beir.ipynb #34fb2dce
 N_STATS = 6
@@ -247,12 +350,21 @@ def _candidates(q, data, ids, ranking, scores, top_k_:int):
     norm = {d: (sc.get(d, lo) - lo) / (hi - lo) if hi > lo else 1.0 for d in top}
     return sorted(top, key=lambda d: (-norm[d], d)), norm
 
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+def _mining_meta(n, miner, encoder, mine, stats):
+    if not n: return None
+    who = "bm25 (bm25s)" if miner == "bm25" else (encoder or MINILM) if miner == "encoder" else miner
+    return {"miner": who, **mine.__dict__, "counts": dict(sorted(stats.items()))}
+
 def build_from_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl, qrels/*.tsv
                     output_dir:str|Path, # where `embedding/ gnn/` and `build_meta.json` go
                     val_ratio:float=0.15, # share of judged queries for validation
                     seed:int=42, # controls the split, projection and order
-                    hard_negatives:int=0, # mined negatives per (query, positive) pair (0: plain pairs)
+                    hard_negatives:int=1, # mined negatives per (query, positive) pair (0: plain pairs)
                     encoder:str|None=None, # encoder (hub id or folder) that ranks; None: BM25
+                    miner:str|None="encoder", # negatives from: "bm25", "encoder" (`encoder`, else MiniLM) or a model
+                    mine:MineOptions|None=None, # false-negative guards (default `MineOptions()`)
                     top_k:int=20, # GNN candidates per query
                     feature_dim:int=32, # GNN node feature length
                     max_sentences:int=6, # passage nodes per candidate
@@ -262,7 +374,9 @@ def build_from_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl
                    ) -> BuildResult:
     "Build embedding pairs and GNN candidate lists from a BEIR collection, split by query."
     t0, log, out = time.monotonic(), get_logger(), Path(output_dir)
-    if hard_negatives < 0 or top_k < 1: raise SphanaError(f"hard_negatives must be >= 0 and top_k >= 1 (got {hard_negatives}, {top_k})")
+    if hard_negatives < 0 or top_k < 1:
+        raise SphanaError(f"hard_negatives must be >= 0 and top_k >= 1 (got {hard_negatives}, {top_k})")
+    mine = MineOptions(**{**(mine or MineOptions()).__dict__, "num_negatives": hard_negatives}).check()
     data = load_beir(beir_dir)
     qids = sorted(q for q, r in data.qrels.items() if any(s > 0 for s in r.values()))
     if not qids: raise SphanaError(f"{beir_dir}: no query has a relevant document (score > 0) in qrels/; nothing to build")
@@ -272,11 +386,17 @@ def build_from_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl
     rel_of = {q: {d for d, s in data.qrels[q].items() if s > 0} for q in qids}
     judged = {q: set(data.qrels[q]) for q in qids}
     emb, gnn = {"train": [], "validation": []}, {"train": [], "validation": []}
+    pos_of = {q: sorted(rel_of[q], key=lambda d: (-data.qrels[q][d], d)) for q in qids}
+    negs, mstats = {}, Counter()
+    if hard_negatives:
+        menc = None if miner == "bm25" else enc if miner == "encoder" and enc else Encoder(
+            MINILM if miner == "encoder" else miner, max_length=max_length, batch_size=batch_size, device=device)
+        negs, mstats = mine_negatives(ids, [doc_text(data.corpus[i]) for i in ids], data.queries, pos_of, rel_of, mine,
+                                      menc, seed)
     for q in qids:
-        negs = [ids[i] for i in ranking[q] if ids[i] not in rel_of[q]][:hard_negatives]
-        for d in sorted(rel_of[q], key=lambda d: (-data.qrels[q][d], d)):
+        for d in pos_of[q]:
             base = {"query": data.queries[q], "positive": doc_text(data.corpus[d])}
-            emb[split[q]] += [{**base, "negative": doc_text(data.corpus[n])} for n in negs] if hard_negatives else [base]
+            emb[split[q]] += [{**base, "negative": doc_text(data.corpus[n])} for n in negs.get((q, d), [])] or [base]
     bm_idf = BM25([doc_text(data.corpus[i]) for i in ids]).idf if enc is None else None
     fz = Featurizer(feature_dim, enc, bm_idf, seed)
     cands = {q: _candidates(q, data, ids, ranking, scores, top_k) for q in qids}
@@ -295,6 +415,7 @@ def build_from_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl
             "val_ratio": val_ratio, "version": sphana_trainer.__version__, "qrels_files": data.qrels_files,
             "corpus": len(data.corpus), "queries": len(data.queries), "queries_used": dict(sorted(Counter(split.values()).items())),
             "counts": counts, "hard_negatives": hard_negatives, "ranker": encoder or "bm25", "top_k": top_k,
+            "mining": _mining_meta(hard_negatives, miner, encoder, mine, mstats),
             "ranker_ndcg@10": round(ndcg, 4), f"ranker_recall@{top_k}": round(recall, 4),
             "gnn": {"feature_dim": feature_dim, "max_sentences": max_sentences, "edge_types": ["query", "next_sentence"],
                     "edge_directions": {"0": "forward (query->passage, sentence->next)", "1": "reverse"}, "label": "qrels score / max score",
