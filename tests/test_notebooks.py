@@ -1,10 +1,10 @@
-"""Every notebook in nbs/ (nbs/benchmarks and nbs/tutorials included) executed top to bottom in a fresh Jupyter kernel
-started from the registered kernelspec `sphana-trainer` by name, in the notebook's folder: one pytest test per notebook.
+"""Every notebook in nbs/ (nbs/benchmarks and nbs/tutorials included) executed top to bottom in a fresh Jupyter
+kernel started from the registered kernelspec `sphana-trainer` by name, in the notebook's folder: one test a notebook.
 
-The cells left out are the ones `nbdev_test` leaves out (nbdev's own directive parser and frontmatter processor decide):
-cells flagged with a `tst_flags` flag of settings.ini (`#| slow`, `#| cuda`) unless SPHANA_TEST_FLAGS (e.g. "slow")
-asks for them, `#| eval: false` cells, cells calling `nbdev_export(`, and whole notebooks whose frontmatter says
-`skip_exec: true`. A failing cell fails the test with the cell's source and the traceback."""
+The cells left out are the ones `nbdev_test` leaves out (nbdev's own directive parser and frontmatter processor
+decide): cells flagged with a `tst_flags` flag of settings.ini (`#| slow`, `#| cuda`) unless SPHANA_TEST_FLAGS
+(e.g. "slow") asks for them, `#| eval: false` cells, cells calling `nbdev_export(`, and whole notebooks whose
+frontmatter says `skip_exec: true`. A failing cell fails the test with the cell's source and the traceback."""
 import copy, fcntl, json, os, re, subprocess, sys
 from pathlib import Path
 import nbformat, pytest
@@ -44,8 +44,8 @@ def kernel(tmp_path_factory) -> str:
             if kernel_python(KERNEL_NAME) != Path(sys.executable):
                 subprocess.run([sys.executable, "-m", "sphana_trainer.lab", "--register_only"], cwd=ROOT, check=True)
     assert kernel_python(KERNEL_NAME) == Path(sys.executable), \
-        f"kernel {KERNEL_NAME!r} starts {kernel_python(KERNEL_NAME)}, not {sys.executable} (a kernelspec of that name " \
-        f"earlier on Jupyter's path shadows {sys.prefix}/share/jupyter/kernels; remove it)"
+        f"kernel {KERNEL_NAME!r} starts {kernel_python(KERNEL_NAME)}, not {sys.executable} (a kernelspec of that " \
+        f"name earlier on Jupyter's path shadows {sys.prefix}/share/jupyter/kernels; remove it)"
     return KERNEL_NAME
 
 # Run after the notebook's cells: how the kernel process was started, to compare with the kernelspec's argv.
@@ -66,14 +66,15 @@ def run_in_kernel(path:Path, # notebook to run; the kernel starts in its folder
                  ):
     "Run the cells of `path` that nbdev_test runs, top to bottom, in a fresh kernel; (notebook run, kernel argv)."
     nb = nbformat.read(path, as_version=4)
-    lang = nb.metadata.get("kernelspec", {}).get("language", "python")
-    cells = [c for c in nb.cells if not nbdev_skips(c, lang)] + [nbformat.v4.new_code_cell(PROBE)]
+    cells = [c for c in nb.cells if not nbdev_skips(c, nb_lang(nb))] + [nbformat.v4.new_code_cell(PROBE)]
     run = nbformat.v4.new_notebook(cells=cells, metadata=nb.metadata)
-    client = NotebookClient(run, kernel_name=kernel_name, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(run, kernel_name=kernel_name, timeout=timeout,
+                            resources={"metadata": {"path": str(path.parent)}})
     try: client.execute(env={**os.environ, **(env or {})})
     except CellExecutionError as e:
-        pytest.fail(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} failed in a {kernel_name!r} kernel:\n"
-                    + re.sub(r"\x1b\[[0-9;]*m", "", str(e))[-8000:], pytrace=False)
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e))      # the cell's source and the traceback, without colours
+        pytest.fail(f"{name} failed in a {kernel_name!r} kernel:\n{msg}", pytrace=False)
     argv, pid = json.loads(run.cells[-1].outputs[0]["text"])
     assert not group_alive(pid), f"processes of the {kernel_name!r} kernel (pid {pid}) outlived its shutdown"
     return run, argv
@@ -102,7 +103,8 @@ def test_kernel_is_the_registered_one(kernel, tmp_path):
 
 def test_a_failing_cell_fails_with_its_source_and_traceback(kernel, tmp_path):
     flagged = [f"#| {f}\nraise RuntimeError('flagged cells are left out')" for f in sorted(SKIP_FLAGS)]
-    cells = ["x = 1", *flagged, "#| eval: false\n1/0", "def boom(): raise ValueError('bad value 42')\nboom()", "print('no')"]
+    cells = ["x = 1", *flagged, "#| eval: false\n1/0", "def boom(): raise ValueError('bad value 42')\nboom()",
+             "print('not reached')"]
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in cells]), tmp_path/"bad.ipynb")
     with pytest.raises(pytest.fail.Exception) as e: run_in_kernel(tmp_path/"bad.ipynb", kernel)
     msg = str(e.value)
