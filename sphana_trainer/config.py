@@ -138,6 +138,7 @@ class GnnConfig(TrainConfig):
     dropout: float = Field(0.1, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)
     listwise_loss: Literal["listnet", "listmle", "approxndcg"] = "listnet"  # also `loss`
+    score_feature: Optional[int] = None      # column of the first-stage score to start from (BEIR builder: -4)
     metric: str = "val_loss"                 # val_loss (lower is better: metric_threshold is a maximum) | ndcg@10 | mrr
 
 class NerConfig(TrainConfig):
