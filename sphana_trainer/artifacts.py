@@ -34,7 +34,8 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 def check_version(v:str) -> str:
     "`v` if it is a usable folder name, else a `SphanaError`."
-    if not VERSION_RE.match(str(v)): raise SphanaError(f"version {v!r}: use letters, digits, '.', '_', '+', '-' (max 128)")
+    if not VERSION_RE.match(str(v)):
+        raise SphanaError(f"version {v!r}: use letters, digits, '.', '_', '+', '-' (max 128)")
     return str(v)
 
 # %% ../nbs/60_artifacts.ipynb #ea6c91ba
@@ -90,7 +91,8 @@ def publish(root:str|Path, # the component folder
     "Build `<root>/<version>` through a staging folder, rename it into place, update `latest.json`."
     root = Path(root); final = root/version
     if final.exists(): raise SphanaError(f"{final} already exists; choose another 'version' (or remove it)")
-    stage = root/f".{version}.partial-{os.getpid()}"; shutil.rmtree(stage, ignore_errors=True); stage.mkdir(parents=True)
+    stage = root/f".{version}.partial-{os.getpid()}"; shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
     try:
         info = build(stage)
         os.replace(stage, final)
@@ -113,7 +115,9 @@ def read_latest(root:str|Path) -> dict|None:
 
 def list_versions(root:str|Path) -> list[str]:
     "Published versions of a component folder, oldest first (by the `finished` time in their metadata)."
-    vs = [p for p in Path(root).glob("*") if p.is_dir() and not p.name.startswith(".") and (p/"metadata.json").is_file()]
+    vs = [
+        p for p in Path(root).glob("*") if p.is_dir() and not p.name.startswith(".") and (p/"metadata.json").is_file()
+    ]
     return [p.name for p in sorted(vs, key=lambda p: (read_json(p/"metadata.json").get("finished") or "", p.name))]
 
 def version_dir(root:str|Path, version:str|None=None) -> Path:
@@ -121,7 +125,8 @@ def version_dir(root:str|Path, version:str|None=None) -> Path:
     root = Path(root)
     if version in (None, "latest"):
         info = read_latest(root)
-        if info is None: raise SphanaError(f"nothing published under {root} (no latest.json); train the component first")
+        if info is None:
+            raise SphanaError(f"nothing published under {root} (no latest.json); train the component first")
         version = info["version"]
     d = root/str(version)
     if not (d/"metadata.json").is_file():

@@ -35,10 +35,12 @@ typer.core.HAS_RICH = False   # plain help everywhere: nothing cut off at 80 col
 
 app = typer.Typer(cls=_Group, name="sphana-trainer", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]},
-                  help="Train, export and ship the neural models of the Sphana NRDB (embedding, relation, GNN, NER, LLM).")
+                  help="Train, export and ship the neural models of the Sphana NRDB (embedding, relation, GNN, NER, "
+                       "LLM).")
 
 @app.callback()
-def _options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs and third-party warnings (also: SPHANA_VERBOSE=1)")] = False):
+def _options(verbose: Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Show debug logs and third-party warnings (also: SPHANA_VERBOSE=1)")] = False):
     set_verbose(True if verbose else None)
 
 # %% ../nbs/80_cli.ipynb #00729fc0
@@ -61,7 +63,8 @@ def dataset_validate(
 @app.command("dataset-stats")
 def dataset_stats_cmd(
     path: Annotated[Path, typer.Argument(help="JSONL dataset file")],
-    type: Annotated[Optional[DatasetKind], typer.Option("--type", "-t", help="Dataset format (inferred when omitted)")] = None,
+    type: Annotated[Optional[DatasetKind], typer.Option(
+        "--type", "-t", help="Dataset format (inferred when omitted)")] = None,
 ):
     "Record count, field and label distributions, text-length percentiles, duplicates (GNN: graph sizes). Prints JSON."
     from sphana_trainer.schemas import dataset_stats

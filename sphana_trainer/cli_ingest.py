@@ -19,19 +19,29 @@ def _load(config:Path, **overrides):
     from sphana_trainer.config import load_config, resolve_path
     cfg = load_config(config, "ingest", overrides)
     inp = resolve_path(cfg.input)
-    if not inp.exists(): raise SphanaError(f"{config}: input {inp} not found; fix 'input' (or 'input_dir': a JSONL file or a folder of documents)")
+    if not inp.exists():
+        raise SphanaError(
+            f"{config}: input {inp} not found; fix 'input' (or 'input_dir': a JSONL file or a folder of documents)"
+        )
     if "input" not in cfg.model_fields_set:
-        get_logger().warning(f"{config}: no 'input' (or 'input_dir') set: ingesting the bundled sample documents ({cfg.input})")
+        get_logger().warning(
+            f"{config}: no 'input' (or 'input_dir') set: ingesting the bundled sample documents ({cfg.input})"
+        )
     return cfg
 
 def _summary(res) -> list[str]:
     "What a run of `run_ingest` did, in a few lines."
     if not res.merged:
         i, n = res.shard
-        return [f"shard {i + 1}/{n}: {res.computed + res.cache_hits} documents ({res.computed} computed, {res.cache_hits} from cache) in {res.elapsed_s:.1f}s; "
-                f"the outputs are written when the last shard finishes"]
-    lines = [f"ingested {res.documents} documents -> {res.chunks} chunks, {res.relations} relations "
-             f"({res.computed} computed, {res.cache_hits} from cache{', ' + str(res.shard[1]) + ' shards' if res.shard else ''}) in {res.elapsed_s:.1f}s"]
+        return [
+            f"shard {i + 1}/{n}: {res.computed + res.cache_hits} documents ({res.computed} computed, {res.cache_hits}"
+            f" from cache) in {res.elapsed_s:.1f}s; the outputs are written when the last shard finishes"
+        ]
+    lines = [
+        f"ingested {res.documents} documents -> {res.chunks} chunks, {res.relations} relations ({res.computed}"
+        f" computed, {res.cache_hits} from cache{', ' + str(res.shard[1]) + ' shards' if res.shard else ''}) in"
+        f" {res.elapsed_s:.1f}s"
+    ]
     return lines + [f"wrote {res.chunks_path}", f"wrote {res.relations_path}", f"wrote {res.meta_path}"]
 
 # %% ../nbs/82_cli.ingest.ipynb #00634c1b
@@ -40,12 +50,17 @@ def register(app):
     @app.command("ingest")
     def ingest(
         config: Annotated[Path, typer.Option("--config", "-c", help="Ingest config YAML (see configs/ingest/)")],
-        output_dir: Annotated[Optional[Path], typer.Option(help="Write here instead of the config's output_dir")] = None,
-        num_shards: Annotated[Optional[int], typer.Option(help="Split the documents into N shards (one process per shard)", min=1)] = None,
-        shard_index: Annotated[Optional[int], typer.Option(help="Which shard this process ingests (0..N-1)", min=0)] = None,
-        no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not write the per-document cache")] = False,
+        output_dir: Annotated[Optional[Path], typer.Option(
+            help="Write here instead of the config's output_dir")] = None,
+        num_shards: Annotated[Optional[int], typer.Option(
+            help="Split the documents into N shards (one process per shard)", min=1)] = None,
+        shard_index: Annotated[Optional[int], typer.Option(
+            help="Which shard this process ingests (0..N-1)", min=0)] = None,
+        no_cache: Annotated[bool, typer.Option(
+            "--no-cache", help="Ignore and do not write the per-document cache")] = False,
     ):
-        "Chunk, parse and extract relation triples from documents into chunks.jsonl + relations.jsonl (cached, shardable, torchrun-aware)."
+        ("Chunk, parse and extract relation triples from documents into chunks.jsonl + relations.jsonl (cached, "
+         "shardable, torchrun-aware).")
         from sphana_trainer.ingest.pipeline import run_ingest
         cfg = _load(config, output_dir=str(output_dir) if output_dir else None, use_cache=False if no_cache else None)
         res = run_ingest(cfg, num_shards, shard_index)
@@ -54,14 +69,19 @@ def register(app):
 
     @app.command("ingest-validate")
     def ingest_validate(
-        config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Ingest config YAML; its output_dir is checked")] = None,
-        dir: Annotated[Optional[Path], typer.Option("--dir", help="Ingest folder to check (instead of --config)")] = None,
+        config: Annotated[Optional[Path], typer.Option(
+            "--config", "-c", help="Ingest config YAML; its output_dir is checked")] = None,
+        dir: Annotated[Optional[Path], typer.Option(
+            "--dir", help="Ingest folder to check (instead of --config)")] = None,
         stats: Annotated[bool, typer.Option("--stats", help="Print statistics (JSON)")] = False,
-        chunks_schema: Annotated[Optional[Path], typer.Option(help="Chunk schema file [default: the packaged one]")] = None,
-        relations_schema: Annotated[Optional[Path], typer.Option(help="Relation schema file [default: the packaged one]")] = None,
+        chunks_schema: Annotated[Optional[Path], typer.Option(
+            help="Chunk schema file [default: the packaged one]")] = None,
+        relations_schema: Annotated[Optional[Path], typer.Option(
+            help="Relation schema file [default: the packaged one]")] = None,
         max_errors: Annotated[int, typer.Option(help="Print at most this many errors (0 = all)")] = 50,
     ):
-        "Check an ingest folder: files, every line against its schema, relations pointing at real chunks and text. Exit 2 on errors."
+        ("Check an ingest folder: files, every line against its schema, relations pointing at real chunks and text. "
+         "Exit 2 on errors.")
         from sphana_trainer.ingest.validate import validate_ingest
         if dir is None:
             if config is None: raise SphanaError("pass --config (an ingest config) or --dir (an ingest folder)")
@@ -78,11 +98,15 @@ def register(app):
     def ingest_cache_models(
         spacy_model: Annotated[Optional[str], typer.Option(help="spaCy pipeline package, e.g. en_core_web_sm")] = None,
         stanza_lang: Annotated[Optional[str], typer.Option(help="Stanza language, e.g. en")] = None,
-        relation_model: Annotated[Optional[str], typer.Option(help="Hugging Face model for relation classification, e.g. facebook/bart-large-mnli")] = None,
-        stanza_dir: Annotated[Optional[str], typer.Option(help="Stanza resources folder [default: $STANZA_RESOURCES_DIR or Stanza's]")] = None,
-        config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Take the models from this ingest config (its parser and relation_model)")] = None,
+        relation_model: Annotated[Optional[str], typer.Option(
+            help="Hugging Face model for relation classification, e.g. facebook/bart-large-mnli")] = None,
+        stanza_dir: Annotated[Optional[str], typer.Option(
+            help="Stanza resources folder [default: $STANZA_RESOURCES_DIR or Stanza's]")] = None,
+        config: Annotated[Optional[Path], typer.Option(
+            "--config", "-c", help="Take the models from this ingest config (its parser and relation_model)")] = None,
     ):
-        "Download and cache the models ingestion needs; says where they are, or what failed and how to install offline. Exit 2 on failure."
+        ("Download and cache the models ingestion needs; says where they are, or what failed and how to install "
+         "offline. Exit 2 on failure.")
         from sphana_trainer.ingest.pipeline import cache_models
         if config is not None:
             from sphana_trainer.config import load_config
@@ -91,7 +115,10 @@ def register(app):
             stanza_lang = stanza_lang or (cfg.stanza_lang if cfg.parser == "stanza" else None)
             relation_model = relation_model or cfg.relation_model
         if not (spacy_model or stanza_lang or relation_model):
-            raise SphanaError("nothing to cache: pass --spacy-model, --stanza-lang and/or --relation-model (or --config with a spacy/stanza parser or a relation_model)")
+            raise SphanaError(
+                "nothing to cache: pass --spacy-model, --stanza-lang and/or --relation-model (or --config with a"
+                " spacy/stanza parser or a relation_model)"
+            )
         st = cache_models(spacy_model, stanza_lang, relation_model, stanza_dir)
         for s in st: typer.echo(s.line())
         if not all(s.ok for s in st): raise typer.Exit(2)

@@ -21,17 +21,25 @@ def _load(config, component, **overrides):
 def _rank0() -> bool: return int(os.environ.get("RANK", "0")) == 0
 
 def _fmt(m:dict) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)) or "n/a"
+    return (
+        ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        or "n/a"
+    )
 
 # %% ../nbs/84_cli.train.ipynb #062d4566
 def _train_cmd(name:str, comp):
-    def cmd(config: Annotated[Path, typer.Option("--config", "-c", help=f"{name} YAML config, e.g. configs/{name}/base.yaml")],
-            resume: Annotated[Optional[str], typer.Option(help="Continue an interrupted run: 'latest' or a run/checkpoint folder")] = None,
+    def cmd(config: Annotated[Path, typer.Option(
+        "--config", "-c", help=f"{name} YAML config, e.g. configs/{name}/base.yaml")],
+            resume: Annotated[Optional[str], typer.Option(
+                help="Continue an interrupted run: 'latest' or a run/checkpoint folder")] = None,
             seed: Annotated[Optional[int], typer.Option(help="Override the config's seed")] = None,
             log_to_mlflow: Annotated[Optional[bool], typer.Option("--log-to-mlflow/--no-log-to-mlflow",
-                                                                  help="Log params, metrics and artifacts to MLflow")] = None,
-            version: Annotated[Optional[str], typer.Option(help="Artifact version (default: the config's, or a UTC timestamp + suffix)")] = None,
-            report: Annotated[bool, typer.Option("--report", help="Run through the run notebook; save report.ipynb/.html beside the artifact")] = False):
+                                                                  help="Log params, metrics and artifacts to "
+                                                                       "MLflow")] = None,
+            version: Annotated[Optional[str], typer.Option(
+                help="Artifact version (default: the config's, or a UTC timestamp + suffix)")] = None,
+            report: Annotated[bool, typer.Option(
+                "--report", help="Run through the run notebook; save report.ipynb/.html beside the artifact")] = False):
         from sphana_trainer.lifecycle import run_train
         if report: return _train_report(name, config, resume, seed=seed, version=version, log_to_mlflow=log_to_mlflow)
         r = run_train(_load(config, name, seed=seed, log_to_mlflow=log_to_mlflow, version=version), resume=resume)
@@ -39,7 +47,9 @@ def _train_cmd(name:str, comp):
         typer.echo(f"{name} {r.version}: {r.steps} steps; best {_fmt(r.metrics)}")
         if r.parity and r.parity.get("int8_reason"): typer.echo(f"int8: not shipped ({r.parity['int8_reason']})")
         typer.echo(f"artifact: {r.artifact_dir}")
-    cmd.__doc__ = f"Train the {name} component ({comp.__doc__ or ''}), export ONNX with parity checks, publish the artifact."
+    cmd.__doc__ = (
+        f"Train the {name} component ({comp.__doc__ or ''}), export ONNX with parity checks, publish the artifact."
+    )
     return cmd
 
 # %% ../nbs/84_cli.train.ipynb #33594fce
@@ -54,11 +64,15 @@ def _sweep_cmd(name:str, comp):
     def cmd(config: Annotated[Path, typer.Option("--config", "-c", help=f"Base {name} YAML config")],
             lr: Annotated[Optional[list[float]], typer.Option("--lr", help="Learning rate (repeat for a grid)")] = None,
             batch_size: Annotated[Optional[list[int]], typer.Option("--batch-size", help="Batch size (repeat)")] = None,
-            temperature: Annotated[Optional[list[float]], typer.Option("--temperature", help="Contrastive temperature (repeat; embedding)")] = None,
-            param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Any config key: KEY=V1,V2,... (repeat)")] = None,
-            name_: Annotated[Optional[str], typer.Option("--name", help="Sweep name (default: sweep-<version>)")] = None,
+            temperature: Annotated[Optional[list[float]], typer.Option(
+                "--temperature", help="Contrastive temperature (repeat; embedding)")] = None,
+            param: Annotated[Optional[list[str]], typer.Option(
+                "--param", "-p", help="Any config key: KEY=V1,V2,... (repeat)")] = None,
+            name_: Annotated[Optional[str], typer.Option(
+                "--name", help="Sweep name (default: sweep-<version>)")] = None,
             log_to_mlflow: Annotated[Optional[bool], typer.Option("--log-to-mlflow/--no-log-to-mlflow",
-                                                                  help="Parent MLflow run with one nested run per trial")] = None):
+                                                                  help="Parent MLflow run with one nested run per "
+                                                                       "trial")] = None):
         import yaml
         from sphana_trainer.train.sweep import run_sweep
         axes = {"learning_rate": lr, "batch_size": batch_size, "temperature": temperature}
@@ -67,7 +81,10 @@ def _sweep_cmd(name:str, comp):
             k, v = p.split("=", 1); axes[k.strip()] = [yaml.safe_load(x) for x in v.split(",")]
         r = run_sweep(_load(config, name, log_to_mlflow=log_to_mlflow), axes, name_)
         typer.echo(r.table); typer.echo(f"best config: {r.best_config}")
-    cmd.__doc__ = f"Train every combination of {name} knobs (nothing published), print a table sorted by the validation metric, write the best config as YAML."
+    cmd.__doc__ = (
+        f"Train every combination of {name} knobs (nothing published), print a table sorted by the validation metric,"
+        " write the best config as YAML."
+    )
     return cmd
 
 # %% ../nbs/84_cli.train.ipynb #6ad18c3a
@@ -76,9 +93,13 @@ def _eval_cmd(name:str, comp):
             version: Annotated[Optional[str], typer.Option(help="Published version (default: latest)")] = None,
             checkpoint: Annotated[Optional[Path], typer.Option(help="A checkpoint folder instead of a version")] = None,
             model: Annotated[Optional[str], typer.Option(help="An untrained base model (hub id or folder)")] = None,
-            onnx: Annotated[Optional[str], typer.Option(help="Score an ONNX model: fp32, int8 (of the version) or a file")] = None,
-            artifact_root: Annotated[Optional[Path], typer.Option(help="Artifact root [default: <workspace>/artifacts]")] = None,
-            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="JSON result file [default: <workspace>/logs/evaluate-<component>-<time>.json]")] = None,
+            onnx: Annotated[Optional[str], typer.Option(
+                help="Score an ONNX model: fp32, int8 (of the version) or a file")] = None,
+            artifact_root: Annotated[Optional[Path], typer.Option(
+                help="Artifact root [default: <workspace>/artifacts]")] = None,
+            output: Annotated[Optional[Path], typer.Option(
+                "--output", "-o", help="JSON result file [default: "
+                                       "<workspace>/logs/evaluate-<component>-<time>.json]")] = None,
             batch_size: Annotated[int, typer.Option(help="Records per inference batch")] = 32):
         from datetime import datetime
         from sphana_trainer.lifecycle import run_evaluate
@@ -87,17 +108,25 @@ def _eval_cmd(name:str, comp):
         typer.echo(f"{name} | {r['model']} | {r['data']}")
         w = max(len(k) for k in r["metrics"]) if r["metrics"] else 0
         for k, v in r["metrics"].items():
-            if isinstance(v, (int, float)): typer.echo(f"  {k:<{w}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{w}}  {v}")
+            if isinstance(v, (int, float)):
+                typer.echo(f"  {k:<{w}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{w}}  {v}")
         typer.echo(f"result: {out}")
-    cmd.__doc__ = f"Evaluate a model of the {name} component (version, checkpoint, ONNX or base model) on a data file; print a table, write JSON."
+    cmd.__doc__ = (
+        f"Evaluate a model of the {name} component (version, checkpoint, ONNX or base model) on a data file; print a"
+        " table, write JSON."
+    )
     return cmd
 
 # %% ../nbs/84_cli.train.ipynb #80c39bae
 def register(app):
     "Add `train <component>`, `train sweep <component>` and `evaluate <component>` for every registered component."
-    train_app = typer.Typer(no_args_is_help=True, help="Train a component (writes a versioned artifact under <workspace>/artifacts/<component>/).")
+    train_app = typer.Typer(no_args_is_help=True,
+                            help="Train a component (writes a versioned artifact under "
+                                 "<workspace>/artifacts/<component>/).")
     sweep_app = typer.Typer(no_args_is_help=True, help="Grid sweeps over training knobs of a component.")
-    eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a trained (or base) model of a component on a data file.")
+    eval_app = typer.Typer(
+        no_args_is_help=True, help="Evaluate a trained (or base) model of a component on a data file."
+    )
     train_app.add_typer(sweep_app, name="sweep")
     app.add_typer(train_app, name="train"); app.add_typer(eval_app, name="evaluate")
     for name, comp in sorted(REGISTRY.items()):

@@ -16,25 +16,37 @@ def register(app):
     "Add the `dataset-download-wiki` command to `app`."
     @app.command("dataset-download-wiki")
     def dataset_download_wiki(
-        titles_file: Annotated[Optional[Path], typer.Option("--titles-file", help="Text file, one title per line (blank lines and # comments skipped)")] = None,
-        titles_dir: Annotated[Optional[Path], typer.Option("--titles-dir", help="Folder whose .txt files list the titles")] = None,
-        output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Docs JSONL to write or resume [default: <workspace>/datasets/wiki/docs.jsonl]")] = None,
-        full_content: Annotated[bool, typer.Option("--full-content", help="Whole articles instead of the intro sections")] = False,
+        titles_file: Annotated[Optional[Path], typer.Option(
+            "--titles-file", help="Text file, one title per line (blank lines and # comments skipped)")] = None,
+        titles_dir: Annotated[Optional[Path], typer.Option(
+            "--titles-dir", help="Folder whose .txt files list the titles")] = None,
+        output: Annotated[Optional[Path], typer.Option(
+            "--output", "-o", help="Docs JSONL to write or resume [default: "
+                                   "<workspace>/datasets/wiki/docs.jsonl]")] = None,
+        full_content: Annotated[bool, typer.Option(
+            "--full-content", help="Whole articles instead of the intro sections")] = False,
         limit: Annotated[Optional[int], typer.Option(help="Only the first N titles", min=1)] = None,
-        api_url: Annotated[str, typer.Option(help="The wiki's MediaWiki api.php")] = "https://en.wikipedia.org/w/api.php",
+        api_url: Annotated[str, typer.Option(
+            help="The wiki's MediaWiki api.php")] = "https://en.wikipedia.org/w/api.php",
         rate: Annotated[float, typer.Option(help="Most requests per second (0 = no limit)", min=0)] = 1.0,
-        batch_size: Annotated[Optional[int], typer.Option(help="Titles per request [default: 20 intros, 10 whole articles]", min=1, max=50)] = None,
-        max_retries: Annotated[int, typer.Option(help="Retries of a failing request (429, 5xx, maxlag) before giving up", min=0)] = 6,
-        maxlag: Annotated[int, typer.Option(help="Ask the API to refuse work when its replicas lag this many seconds (0 = off)", min=0)] = 5,
-        timeout: Annotated[float, typer.Option(help="Seconds to wait for a connection and for each answer before retrying", min=0.1)] = 30.0,
-        contact: Annotated[Optional[str], typer.Option(help="Your e-mail or URL, sent in the User-Agent as Wikimedia asks")] = None,
+        batch_size: Annotated[Optional[int], typer.Option(
+            help="Titles per request [default: 20 intros, 10 whole articles]", min=1, max=50)] = None,
+        max_retries: Annotated[int, typer.Option(
+            help="Retries of a failing request (429, 5xx, maxlag) before giving up", min=0)] = 6,
+        maxlag: Annotated[int, typer.Option(
+            help="Ask the API to refuse work when its replicas lag this many seconds (0 = off)", min=0)] = 5,
+        timeout: Annotated[float, typer.Option(
+            help="Seconds to wait for a connection and for each answer before retrying", min=0.1)] = 30.0,
+        contact: Annotated[Optional[str], typer.Option(
+            help="Your e-mail or URL, sent in the User-Agent as Wikimedia asks")] = None,
         user_agent: Annotated[Optional[str], typer.Option(help="Replace the whole User-Agent")] = None,
         progress_log_interval: Annotated[float, typer.Option(help="Log a progress line every this many percent")] = 10,
     ):
         "Download the plain text of Wikipedia pages as {id,title,text} lines; resumes an interrupted download."
         from sphana_trainer.ingest.wiki import run_download_wiki
-        res = run_download_wiki(titles_file, titles_dir, output, api_url=api_url, full_content=full_content, limit=limit,
-                                rate=rate, batch_size=batch_size, max_retries=max_retries, maxlag=maxlag or None, timeout=timeout,
-                                contact=contact, user_agent=user_agent, progress_log_interval=progress_log_interval)
+        res = run_download_wiki(titles_file, titles_dir, output, api_url=api_url, full_content=full_content,
+                                limit=limit, rate=rate, batch_size=batch_size, max_retries=max_retries,
+                                maxlag=maxlag or None, timeout=timeout, contact=contact, user_agent=user_agent,
+                                progress_log_interval=progress_log_interval)
         typer.echo(res.summary())
     return app

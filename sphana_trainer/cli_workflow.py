@@ -14,11 +14,26 @@ __all__ = ['Opt', 'Cfg', 'Root', 'Sets', 'Force', 'Report', 'Manifest', 'registe
 # %% ../nbs/86_cli.workflow.ipynb #a5d8bdf3
 Opt = lambda *names, **kw: typer.Option(*names, **kw)
 Cfg = lambda what: Annotated[Optional[Path], Opt(help=f"{what} config YAML")]
-Root = Annotated[Optional[Path], Opt("--artifact-root", help="Artifact root; the workflow state and report live here [default: <workspace>/artifacts]")]
-Sets = Annotated[Optional[list[str]], Opt("--set", help="STAGE.KEY=VALUE override of a stage's config, e.g. embedding.max_steps=3 (repeat)")]
-Force = Annotated[Optional[list[str]], Opt("--force", help="Run this stage even when its inputs are unchanged, e.g. train_embedding (repeat)")]
-Report = Annotated[bool, Opt("--report/--no-report", help="Run each stage through its run notebook: report.ipynb/.html/.json beside its output")]
-Manifest = Annotated[Optional[Path], Opt("--manifest", help="Release manifest [default: the export config's, else <workspace>/manifests/latest.json]")]
+Root = Annotated[
+    Optional[Path],
+    Opt("--artifact-root",
+        help="Artifact root; the workflow state and report live here [default: <workspace>/artifacts]"),
+]
+Sets = Annotated[Optional[list[str]],
+                 Opt("--set", help="STAGE.KEY=VALUE override of a stage's config, e.g. embedding.max_steps=3 (repeat)")]
+Force = Annotated[Optional[list[str]],
+                  Opt(
+                      "--force", help="Run this stage even when its inputs are unchanged, e.g. train_embedding "
+                                      "(repeat)")]
+Report = Annotated[
+    bool,
+    Opt("--report/--no-report",
+        help="Run each stage through its run notebook: report.ipynb/.html/.json beside its output"),
+]
+Manifest = Annotated[Optional[Path],
+                     Opt(
+                         "--manifest", help="Release manifest [default: the export config's, else "
+                                            "<workspace>/manifests/latest.json]")]
 
 def _finish(rep:dict):
     "Print where things are; exit non-zero when a stage failed."
@@ -29,15 +44,16 @@ def _finish(rep:dict):
     typer.echo(f"workflow report: {Path(rep['artifact_root'])/'workflow-report.json'}")
     failed = [r for r in rep["stages"] if r["action"] == "failed"]
     if failed:
-        typer.echo(f"error: stage {failed[0]['stage']} failed: {failed[0]['error']}; fix it and run the same command again "
+        typer.echo(f"error: stage {failed[0]['stage']} failed: {failed[0]['error']}; fix it and run the same command "
+                   f"again "
                    "(finished stages are skipped, an interrupted training resumes)", err=True)
         raise typer.Exit(2 if failed[0].get("user_error") else 1)
 
 # %% ../nbs/86_cli.workflow.ipynb #47ab60c5
 def _run(artifact_root, ingest, configs, export, package, promote_component, promote_version, manifest, build, ds_dir, sets, force, report):
     from sphana_trainer.workflow import parse_sets, pin_promoted_version, plan_run, run_workflow
-    spec = plan_run(artifact_root, ingest, configs, export, package, promote_component, promote_version, manifest, build, ds_dir,
-                    parse_sets(sets), report, force)
+    spec = plan_run(artifact_root, ingest, configs, export, package, promote_component, promote_version, manifest,
+                    build, ds_dir, parse_sets(sets), report, force)
     _finish(run_workflow(pin_promoted_version(spec), typer.echo))
 
 def _status(artifact_root, as_json):
@@ -50,26 +66,35 @@ def _status(artifact_root, as_json):
 # %% ../nbs/86_cli.workflow.ipynb #0917c127
 def register(app):
     "Add `workflow run|wiki|status` to `app`."
-    wf = typer.Typer(no_args_is_help=True, help="Run the whole pipeline (ingest -> datasets -> train -> export -> package -> promote), resumably.")
+    wf = typer.Typer(no_args_is_help=True,
+                     help="Run the whole pipeline (ingest -> datasets -> train -> export -> package -> promote), "
+                          "resumably.")
     app.add_typer(wf, name="workflow")
     @wf.command("run")
     def run(ingest_config: Cfg("Ingest") = None, embedding_config: Cfg("Embedding") = None, relation_config: Cfg("Relation") = None,
             gnn_config: Cfg("GNN") = None, ner_config: Cfg("NER") = None, llm_config: Cfg("LLM") = None,
             export_config: Cfg("Release (export)") = None, package_config: Cfg("Release (package)") = None,
             promote_component: Annotated[Optional[str], Opt(help="Promote this component at the end")] = None,
-            promote_version: Annotated[Optional[str], Opt(help="Version to promote (a component trained here is trained as this version) [default: the one trained]")] = None,
+            promote_version: Annotated[Optional[str], Opt(
+                help="Version to promote (a component trained here is trained as this version) [default: the one "
+                     "trained]")] = None,
             manifest: Manifest = None,
-            build_datasets: Annotated[bool, Opt("--build-datasets", help="Build datasets from the ingest output")] = False,
-            dataset_output_dir: Annotated[Optional[Path], Opt(help="Where the built datasets go [default: <workspace>/datasets/<ingest folder>]")] = None,
+            build_datasets: Annotated[bool, Opt(
+                "--build-datasets", help="Build datasets from the ingest output")] = False,
+            dataset_output_dir: Annotated[Optional[Path], Opt(
+                help="Where the built datasets go [default: <workspace>/datasets/<ingest folder>]")] = None,
             artifact_root: Root = None, set_: Sets = None, force: Force = None, report: Report = True):
-        "Ingest, build datasets, train every component given a config, export, package (+ verify), promote; unchanged stages are skipped."
-        configs = {"embedding": embedding_config, "relation": relation_config, "gnn": gnn_config, "ner": ner_config, "llm": llm_config}
-        _run(artifact_root, ingest_config, configs, export_config, package_config, promote_component, promote_version, manifest,
-             build_datasets, dataset_output_dir, set_, force, report)
+        ("Ingest, build datasets, train every component given a config, export, package (+ verify), promote; unchanged "
+         "stages are skipped.")
+        configs = {"embedding": embedding_config, "relation": relation_config, "gnn": gnn_config, "ner": ner_config,
+                   "llm": llm_config}
+        _run(artifact_root, ingest_config, configs, export_config, package_config, promote_component, promote_version,
+             manifest, build_datasets, dataset_output_dir, set_, force, report)
     _register_wiki(wf)
     @wf.command("status")
     def status(artifact_root: Root = None, as_json: Annotated[bool, Opt("--json", help="Print JSON")] = False):
-        "Per stage of the last workflow: status, last success, version, duration, stale (inputs changed since) and report."
+        ("Per stage of the last workflow: status, last success, version, duration, stale (inputs changed since) and "
+         "report.")
         _status(artifact_root, as_json)
     return app
 
@@ -78,18 +103,24 @@ def _register_wiki(wf):
     @wf.command("wiki")
     def wiki(artifact_root: Root = None,
              configs_dir: Annotated[Path, Opt(help="Folder with <stage>/wiki.yaml configs")] = Path("configs"),
-             titles_file: Annotated[Optional[Path], Opt(help="Titles to download, one per line [default: samples/ai-ml-wiki-titles.small.txt]")] = None,
-             titles_dir: Annotated[Optional[Path], Opt(help="Folder of .txt title files (instead of --titles-file)")] = None,
-             docs: Annotated[Optional[Path], Opt(help="Docs JSONL to download into [default: the ingest config's input]")] = None,
+             titles_file: Annotated[Optional[Path], Opt(
+                 help="Titles to download, one per line [default: samples/ai-ml-wiki-titles.small.txt]")] = None,
+             titles_dir: Annotated[Optional[Path], Opt(
+                 help="Folder of .txt title files (instead of --titles-file)")] = None,
+             docs: Annotated[Optional[Path], Opt(
+                 help="Docs JSONL to download into [default: the ingest config's input]")] = None,
              api_url: Annotated[str, Opt(help="The wiki's MediaWiki api.php")] = "https://en.wikipedia.org/w/api.php",
-             full_content: Annotated[bool, Opt("--full-content", help="Whole articles instead of the intro sections")] = False,
+             full_content: Annotated[bool, Opt(
+                 "--full-content", help="Whole articles instead of the intro sections")] = False,
              limit: Annotated[Optional[int], Opt(help="Only the first N titles", min=1)] = None,
              rate: Annotated[float, Opt(help="Most requests per second (0 = no limit)", min=0)] = 1.0,
-             dataset_output_dir: Annotated[Optional[Path], Opt(help="Where the datasets go [default: the folder the wiki training configs read]")] = None,
+             dataset_output_dir: Annotated[Optional[Path], Opt(
+                 help="Where the datasets go [default: the folder the wiki training configs read]")] = None,
              manifest: Manifest = None,
              mlflow: Annotated[bool, Opt("--mlflow/--no-mlflow", help="Log every training run to MLflow")] = True,
              set_: Sets = None, force: Force = None, report: Report = True):
-        "The Wikipedia workflow: download the titles, ingest, build datasets, train each component with a wiki.yaml, export, package."
+        ("The Wikipedia workflow: download the titles, ingest, build datasets, train each component with a wiki.yaml, "
+         "export, package.")
         from sphana_trainer.workflow import parse_sets, plan_wiki, run_workflow
         spec = plan_wiki(artifact_root, configs_dir, titles_file, titles_dir, docs, api_url, full_content, limit, rate,
                          dataset_output_dir, manifest, mlflow, parse_sets(set_), report, force)

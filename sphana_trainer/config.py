@@ -37,8 +37,10 @@ class StrictModel(BaseModel):
         data = dict(data)
         for a, f in al.items():
             if a not in data: continue
-            if f in data: raise PydanticCustomError("alias_conflict", "'{key}' and '{field}' are the same setting; keep one",
-                                                    {"key": a, "field": f})
+            if f in data:
+                raise PydanticCustomError(
+                    "alias_conflict", "'{key}' and '{field}' are the same setting; keep one", {"key": a, "field": f}
+                )
             data[f] = data.pop(a)
         return data
 
@@ -48,12 +50,15 @@ class ExportConfig(StrictModel):
     enabled: bool = True                     # export ONNX after training
     opset: int = Field(18, ge=7)             # ONNX opset
     quantize: bool = True                    # also write an int8 model
-    quantization: Literal["dynamic", "dynamic_per_channel", "static_qdq", "blockwise_int8"] = "dynamic_per_channel"  # int8 scheme (see export.onnx)
-    int8_candidates: list[str] = ["dynamic_per_channel", "dynamic_per_channel_edges", "dynamic", "static_qdq", "weight_only"]  # recipes tried
+    quantization: Literal["dynamic", "dynamic_per_channel", "static_qdq", "blockwise_int8"] = (
+        "dynamic_per_channel"  # int8 scheme (see export.onnx)
+    )
+    int8_candidates: list[str] = ["dynamic_per_channel", "dynamic_per_channel_edges", "dynamic", "static_qdq",
+                                  "weight_only"]  # recipes tried
     require_int8: bool = False               # fail the export when no int8 recipe passes (default: publish fp32 only)
     quantize_exclude: list[str] = ["*.layer.0.output.dense"]  # node-name / module patterns kept in fp32 (fnmatch)
     fuse: bool = True                        # also try an ONNX Runtime fused fp32 graph; ship the fastest at parity
-    fuse_for_int8: bool = True               # quantize a graph fused by ONNX Runtime's transformer optimizer (faster int8)
+    fuse_for_int8: bool = True  # quantize a graph fused by ONNX Runtime's transformer optimizer (faster int8)
     calibration_samples: int = Field(64, ge=1)  # samples for static quantization
     parity_samples: int = Field(32, ge=0)    # held-back samples for the parity report
     batch_size: int = Field(16, ge=1)        # records per inference batch in parity and speed checks
@@ -70,7 +75,7 @@ class TrainConfig(StrictModel):
     component: str = ""                      # set by each subclass
     version: Optional[str] = None            # artifact version; default: a UTC timestamp
     model_name: str = "sentence-transformers/all-MiniLM-L6-v2"  # hub id or local path of the base model
-    dataset_path: Optional[str] = None       # folder with train.jsonl / validation.jsonl (`sample:<name>` = bundled data)
+    dataset_path: Optional[str] = None  # folder with train.jsonl / validation.jsonl (`sample:<name>` = bundled data)
     train_file: Optional[str] = None         # overrides `<dataset_path>/train.jsonl`
     validation_file: Optional[str] = None    # overrides `<dataset_path>/validation.jsonl`
     output_dir: Optional[str] = None         # default: `<workspace>/artifacts/<component>`
@@ -159,7 +164,7 @@ class LlmConfig(TrainConfig):
     "Small causal LM fine-tuned for answer synthesis."
     component: Literal["llm"] = "llm"
     model_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    max_length: int = Field(512, ge=2)       # max tokens of prompt + answer (also `max_seq_length`); long contexts are cut
+    max_length: int = Field(512, ge=2)  # max tokens of prompt + answer (also `max_seq_length`); long contexts are cut
     learning_rate: float = Field(5e-5, gt=0)
     quantize: bool = True                    # also export an int8 ONNX decoder (sets `export.quantize`)
     lora: Optional[LoraSettings] = None      # LoRA adapters instead of full fine-tuning (`lora: {r: 8}`)
@@ -256,7 +261,11 @@ def _explain(err:ValidationError, model, src:str, lines:dict) -> str:
         ctx = e.get("ctx") or {}
         if "key" in ctx: loc += (ctx["key"],)     # a check of the whole block that is about one key
         if loc and loc not in lines:              # the user wrote the key under its other name
-            other = [a for a, f in _model_at(model, loc[:-1]).all_aliases().items() if f == loc[-1] and loc[:-1] + (a,) in lines]
+            other = [
+                a
+                for a, f in _model_at(model, loc[:-1]).all_aliases().items()
+                if f == loc[-1] and loc[:-1] + (a,) in lines
+            ]
             if other: loc = loc[:-1] + (other[0],)
         key = ".".join(loc)
         where = f"{src}:{lines[loc]}" if loc in lines else src
@@ -271,13 +280,17 @@ def _explain(err:ValidationError, model, src:str, lines:dict) -> str:
 
 # %% ../nbs/01_config.ipynb #5d2df437
 def _unwrap(data:dict, component:str, lines:dict, src:str) -> tuple[dict, dict]:
-    "A config nested under its component's name (`llm: {model_name: ...}`) is read as if its keys were at the top level."
+    ("A config nested under its component's name (`llm: {model_name: ...}`) is read as if its keys were at the top "
+     "level.")
     block = data.get(component)
     if not isinstance(block, dict) or component in COMPONENTS[component].model_fields: return data, lines
     rest = {k: v for k, v in data.items() if k != component}
     for k in block:
-        if k in rest: raise SphanaError(f"{src}:{lines.get((component, k), '?')}: key '{k}' is set both at the top level "
-                                        f"(line {lines.get((k,), '?')}) and under '{component}:'; keep one")
+        if k in rest:
+            raise SphanaError(
+                f"{src}:{lines.get((component, k), '?')}: key '{k}' is set both at the top level "
+                f"(line {lines.get((k,), '?')}) and under '{component}:'; keep one"
+            )
     inner = {p[1:]: n for p, n in lines.items() if p[:1] == (component,) and len(p) > 1}
     return {**rest, **block}, {**lines, **inner}
 
@@ -285,11 +298,14 @@ def config_from_dict(data:dict, component:str, src:str="<config>", text:str="",
                      overrides:dict|None=None, # values that win over `data` (e.g. from CLI flags)
                     ) -> StrictModel:
     "Validate `data` as the config of `component`; errors name `src`, the line and the key."
-    if component not in COMPONENTS: raise SphanaError(f"unknown component {component!r}; use one of {', '.join(COMPONENTS)}")
+    if component not in COMPONENTS:
+        raise SphanaError(f"unknown component {component!r}; use one of {', '.join(COMPONENTS)}")
     data, lines = _unwrap(dict(data or {}), component, _key_lines(text), src)
     declared = data.get("component")
     if declared is not None and declared != component:
-        raise SphanaError(f"{src}: this is a '{declared}' config, but it was given to '{component}'; pass a {component} config")
+        raise SphanaError(
+            f"{src}: this is a '{declared}' config, but it was given to '{component}'; pass a {component} config"
+        )
     model = COMPONENTS[component]
     for k, v in (overrides or {}).items():
         if v is None: continue
@@ -330,12 +346,17 @@ def _has_records(path:Path) -> bool:
 
 # %% ../nbs/01_config.ipynb #c82b002b
 def dataset_files(cfg:TrainConfig) -> tuple[Path, Path|None]:
-    "The train file and the validation file (None when missing or empty: training without validation) a config points at."
+    ("The train file and the validation file (None when missing or empty: training without validation) a config points "
+     "at.")
     base = resolve_path(cfg.dataset_path)
     train = resolve_path(cfg.train_file) or (base/"train.jsonl" if base else None)
     val = resolve_path(cfg.validation_file) or (base/"validation.jsonl" if base else None)
-    if train is None: raise SphanaError(f"{cfg.component} config: set 'dataset_path' (a folder with train.jsonl) or 'train_file'")
-    if not train.is_file(): raise SphanaError(f"{cfg.component} config: training file {train} not found; fix 'dataset_path' or 'train_file'")
+    if train is None:
+        raise SphanaError(f"{cfg.component} config: set 'dataset_path' (a folder with train.jsonl) or 'train_file'")
+    if not train.is_file():
+        raise SphanaError(
+            f"{cfg.component} config: training file {train} not found; fix 'dataset_path' or 'train_file'"
+        )
     if val is not None and not val.is_file() and cfg.validation_file:
         raise SphanaError(f"{cfg.component} config: validation file {val} not found; fix 'validation_file'")
     why = ("no validation file (set 'validation_file' or 'dataset_path')" if val is None else

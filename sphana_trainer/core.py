@@ -37,7 +37,8 @@ QUIET_LOGGERS = ("transformers", "torch", "onnxruntime", "onnxscript", "urllib3"
 
 def verbose_requested(env=None) -> bool:
     "True when `SPHANA_VERBOSE` is set to 1/true/yes/on."
-    return str((os.environ if env is None else env).get("SPHANA_VERBOSE", "")).strip().lower() in ("1", "true", "yes", "on")
+    return str((os.environ if env is None else env).get("SPHANA_VERBOSE", "")).strip().lower() in (
+        "1", "true", "yes", "on")
 
 def set_verbose(verbose:bool|None=None, # None: follow `SPHANA_VERBOSE`
                ) -> bool:
@@ -67,7 +68,8 @@ def workspace(root:str|Path|None=None, # explicit root; else `$SPHANA_WORKSPACE`
 
 def ws_path(kind:str, *parts, root=None) -> Path:
     "A path inside workspace sub-folder `kind` (one of `WORKSPACE_DIRS`)."
-    if kind not in WORKSPACE_DIRS: raise SphanaError(f"unknown workspace folder {kind!r}; use one of {', '.join(WORKSPACE_DIRS)}")
+    if kind not in WORKSPACE_DIRS:
+        raise SphanaError(f"unknown workspace folder {kind!r}; use one of {', '.join(WORKSPACE_DIRS)}")
     return workspace(root).joinpath(kind, *parts)
 
 # %% ../nbs/00_core.ipynb #0f47969f
@@ -85,7 +87,8 @@ def _tmp_prefix(name:str) -> str: return f".{name}.{os.getpid()}@{_host()}."
 
 @contextmanager
 def atomic_open(path:str|Path, mode:str="w", encoding:str|None="utf-8"):
-    "Open a temp file beside `path`; on clean exit it replaces `path` (with `open`'s permissions), on error it is removed."
+    ("Open a temp file beside `path`; on clean exit it replaces `path` (with `open`'s permissions), on error it is "
+     "removed.")
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     try: perm = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError: perm = 0o666 & ~current_umask()
@@ -141,10 +144,12 @@ def remove_stale_temps(folder:str|Path, # where the targets of `atomic_open` liv
 
 # %% ../nbs/00_core.ipynb #cf76b9a5
 _BOMS = [(b"\x00\x00\xfe\xff", "UTF-32BE", "UTF-32BE"), (b"\xff\xfe\x00\x00", "UTF-32LE", "UTF-32LE"),
-         (b"\xef\xbb\xbf", "UTF-8 with a byte-order mark", None), (b"\xfe\xff", "UTF-16BE", "UTF-16"), (b"\xff\xfe", "UTF-16LE", "UTF-16")]
+         (b"\xef\xbb\xbf", "UTF-8 with a byte-order mark", None), (b"\xfe\xff", "UTF-16BE", "UTF-16"),
+         (b"\xff\xfe", "UTF-16LE", "UTF-16")]
 
 def encoding_problem(path:str|Path) -> str|None:
-    "Why `path` cannot be read as plain UTF-8 JSON lines (a byte-order mark, UTF-16/32), with the command that fixes it; else None."
+    ("Why `path` cannot be read as plain UTF-8 JSON lines (a byte-order mark, UTF-16/32), with the command that fixes "
+     "it; else None.")
     with open(path, "rb") as f: head = f.read(4)
     for bom, name, iconv in _BOMS:
         if head.startswith(bom):
@@ -170,8 +175,10 @@ def check_jsonl_file(path:str|Path) -> Path:
     path = Path(path)
     if path.is_dir():
         found = sorted(p.name for p in path.glob("*.jsonl"))
-        raise SphanaError(f"{path}: is a folder; pass a .jsonl file such as {path/(found[0] if found else 'train.jsonl')}"
-                          + (f" (here: {', '.join(found)})" if found else ""))
+        raise SphanaError(
+            f"{path}: is a folder; pass a .jsonl file such as {path/(found[0] if found else 'train.jsonl')}"
+            + (f" (here: {', '.join(found)})" if found else "")
+        )
     require_file(path)
     if (why := encoding_problem(path)): raise SphanaError(why)
     return path
@@ -186,9 +193,14 @@ def iter_jsonl(path:str|Path, # a `.jsonl` file
         for i, raw in enumerate(f, 1):
             if not raw.strip(): continue
             try: obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e: raise SphanaError(f"{path}:{i}: not UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
-            except json.JSONDecodeError as e: raise SphanaError(f"{path}:{i}: invalid JSON ({e.msg}, column {e.colno}); fix or remove the line") from None
-            if not isinstance(obj, dict): raise SphanaError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+            except UnicodeDecodeError as e:
+                raise SphanaError(f"{path}:{i}: not UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
+            except json.JSONDecodeError as e:
+                raise SphanaError(
+                    f"{path}:{i}: invalid JSON ({e.msg}, column {e.colno}); fix or remove the line"
+                ) from None
+            if not isinstance(obj, dict):
+                raise SphanaError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
             yield (i, obj) if with_lineno else obj
 
 # %% ../nbs/00_core.ipynb #44109f59
@@ -220,7 +232,10 @@ def select_device(prefer:str="auto", # `auto`, `cpu`, `cuda` or `cuda:N`
     import torch
     if prefer == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if prefer.startswith("cuda") and not torch.cuda.is_available():
-        raise SphanaError(f"device {prefer!r} requested but CUDA is not available (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); use device: auto or cpu")
+        raise SphanaError(
+            f"device {prefer!r} requested but CUDA is not available"
+            f" (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); use device: auto or cpu"
+        )
     return torch.device(prefer)
 
 # %% ../nbs/00_core.ipynb #dd19a3d1
@@ -266,8 +281,10 @@ class Progress:
         speed = self.n / el if el > 0 else 0.0
         eta = (self.total - self.n) / speed if speed > 0 else 0.0
         pct = int(100 * self.n / self.total) if self.total else 100
-        return (f"Stage {self.stage}/{self.stages}: {self.desc} | {pct}% complete | {self.n}/{self.total} {self.unit} | "
-                f"Elapsed: {fmt_duration(el)} | ETA: {fmt_duration(eta)} | Speed: {speed:.1f} {self.unit}/sec")
+        return (
+            f"Stage {self.stage}/{self.stages}: {self.desc} | {pct}% complete | {self.n}/{self.total} {self.unit} | "
+            f"Elapsed: {fmt_duration(el)} | ETA: {fmt_duration(eta)} | Speed: {speed:.1f} {self.unit}/sec"
+        )
 
     def update(self, n:int=1):
         "Advance by `n` items; logs when the next `log_interval` percent is crossed."

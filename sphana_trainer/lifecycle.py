@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 import torch
-from .core import SphanaError, atomic_write_json, fingerprint, get_logger, require_file, seed_everything, ws_path
+from .core import (SphanaError, atomic_write_json, fingerprint, get_logger, require_file, seed_everything,
+                                 ws_path)
 from .config import ExportConfig, config_from_dict, dataset_files, resolve_path
 from .artifacts import (check_version, clean_stale, component_root, config_root, new_version, publish,
                                       read_json, version_dir, version_lock)
@@ -63,7 +64,8 @@ def find_run(root:Path, resume:str|Path, version:str|None=None) -> Path:
                               f"{root/'.runs'/'<version>'/'checkpoints'/'step-0000010'}")
         if p.name == "state.pt": p = p.parent
         run = p.parent.parent if p.parent.name == "checkpoints" else p
-        if not (run/"run.json").is_file(): raise SphanaError(f"--resume {resume}: {run} is not a run folder (no run.json)")
+        if not (run/"run.json").is_file():
+            raise SphanaError(f"--resume {resume}: {run} is not a run folder (no run.json)")
         return run
     runs = [root/".runs"/version] if version else sorted((root/".runs").glob("*"))
     runs = [r for r in runs if list_checkpoints(r) and (r/"run.json").is_file()]
@@ -84,12 +86,15 @@ def prepare_run(cfg, root:Path, resume) -> tuple[str, Path]:
         run_dir = Path(_agree(str(find_run(root, resume, cfg.version)) if is_main() else ""))
         version = read_json(run_dir/"run.json")["version"]
         if (root/version).exists():
-            raise SphanaError(f"nothing to resume: {version} is already published ({root/version}); train a new version "
-                              f"without --resume, or re-export it with `sphana-trainer export --component {cfg.component} "
-                              f"--run {version}`")
+            raise SphanaError(
+                f"nothing to resume: {version} is already published ({root/version}); train a new version "
+                f"without --resume, or re-export it with `sphana-trainer export --component {cfg.component} "
+                f"--run {version}`"
+            )
         return version, run_dir
     version = check_version(_agree(cfg.version or new_version()))
-    if (root/version).exists(): raise SphanaError(f"artifact {root/version} already exists; set another 'version' (or remove it)")
+    if (root/version).exists():
+        raise SphanaError(f"artifact {root/version} already exists; set another 'version' (or remove it)")
     return version, root/".runs"/version
 
 # %% ../nbs/56_lifecycle.ipynb #e5265268
@@ -142,22 +147,30 @@ def _train(comp, cfg, root, version, run_dir, resume, publish, train_file, val_f
     ml = Mlflow(cfg, run_dir, params)
     try:
         res = train(cfg, task, run_dir, resume=_ckpt_arg(resume), mlflow=ml)
-        if res.steps == 0: raise SphanaError(f"{comp.name}: no optimizer step ran (check epochs, max_steps and the dataset); "
-                                             f"nothing was published")
+        if res.steps == 0:
+            raise SphanaError(
+                f"{comp.name}: no optimizer step ran (check epochs, max_steps and the dataset); nothing was published"
+            )
         meta["metrics"] = {"metric": metric, "best": res.best_eval, "best_step": res.best_step, "steps": res.steps,
                            "stopped_early": res.stopped_early, "train_seconds": round(res.train_seconds, 2)}
         if is_main(): _write_run_json(run_dir, meta)   # the metrics stay with the run even when a gate fails later
         out, parity = None, None
         if publish:
             check_threshold(cfg, res, metric, comp.better(metric))
-            if is_main(): out, parity = save_export_publish(comp, cfg, root, version, run_dir, task, res, meta, val_recs, train_recs, metric)
+            if is_main():
+                out, parity = save_export_publish(
+                    comp, cfg, root, version, run_dir, task, res, meta, val_recs, train_recs, metric
+                )
             barrier()
-            if is_main(): ml.artifacts(out/"metadata.json"); ml.artifacts(out/"metrics.jsonl"); get_logger().info(f"published {comp.name} {version} -> {out}")
+            if is_main():
+                ml.artifacts(out/"metadata.json")
+                ml.artifacts(out/"metrics.jsonl")
+                get_logger().info(f"published {comp.name} {version} -> {out}")
         ml.log({f"best_{k}": v for k, v in res.best_eval.items()}, res.steps); ml.end("FINISHED")
     except BaseException:
         ml.end("FAILED"); raise
-    return TrainResult(comp.name, version, run_dir, out, res.best_eval, res.steps, res.best_step, parity, out is not None,
-                       res.train_seconds)
+    return TrainResult(comp.name, version, run_dir, out, res.best_eval, res.steps, res.best_step, parity,
+                       out is not None, res.train_seconds)
 
 # %% ../nbs/56_lifecycle.ipynb #2eb35ef0
 def onnx_io(path:str|Path) -> dict:
@@ -186,8 +199,10 @@ def _export(comp, cfg, run_dir:Path, version:str, val_recs, train_recs, metric) 
     shutil.rmtree(run_dir/"onnx", ignore_errors=True)
     try: return export_checkpoint(comp, run_dir/"checkpoint", run_dir/"onnx", cfg.export, val_recs, val_recs or train_recs, metric)
     except SphanaError as e:
-        raise SphanaError(f"{e}. The trained model is kept in {run_dir/'checkpoint'}; re-export it without retraining: "
-                          f"sphana-trainer export --component {comp.name} --run {version} --set export.<key>=<value>") from None
+        raise SphanaError(
+            f"{e}. The trained model is kept in {run_dir/'checkpoint'}; re-export it without retraining: "
+            f"sphana-trainer export --component {comp.name} --run {version} --set export.<key>=<value>"
+        ) from None
 
 def save_export_publish(comp, cfg, root:Path, version:str, run_dir:Path, task, res, meta:dict, val_recs, train_recs,
                         metric:str) -> tuple[Path, dict|None]:
@@ -205,14 +220,18 @@ def publish_run(comp, root:Path, version:str, run_dir:Path, meta:dict, parity:di
         if parity is not None: _link_tree(run_dir/"onnx", stage/"onnx")
         if (run_dir/"metrics.jsonl").is_file(): shutil.copy2(run_dir/"metrics.jsonl", stage/"metrics.jsonl")
         files = (parity or {}).get("files") or {}
-        onnx = None if parity is None else {**{k: (f"onnx/{v}" if v else None) for k, v in files.items()},
-                                            "int8_reason": parity.get("int8_reason"), **onnx_io(stage/"onnx"/"model.onnx"),
-                                            "dynamic_axes": parity.get("dynamic_axes")}
+        onnx = (
+            None
+            if parity is None
+            else {**{k: f"onnx/{v}" if v else None for k, v in files.items()}, "int8_reason": parity.get("int8_reason"),
+                  **onnx_io(stage/"onnx"/"model.onnx"), "dynamic_axes": parity.get("dynamic_axes")}
+        )
         md = {**meta, "onnx": onnx, "parity": parity, "manifest": comp.manifest(comp.load(stage/"checkpoint")),
               "gates": {"passed": True, "failures": [], "int8": bool(onnx and onnx.get("int8"))},
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write_json(stage/"metadata.json", md)
-        return {"component": comp.name, "metric": meta.get("metrics", {}).get("metric"), "value": value, "created": md["finished"]}
+        return {"component": comp.name, "metric": meta.get("metrics", {}).get("metric"), "value": value,
+                "created": md["finished"]}
     return publish(root, version, build)
 
 # %% ../nbs/56_lifecycle.ipynb #eec23c66
@@ -238,7 +257,8 @@ def _merge(base:dict, over:dict) -> dict:
 def _restore_checkpoint(comp, cfg, run_dir:Path, train_recs, val_recs):
     "Save the best (else last) step checkpoint of a run as its `checkpoint/` folder."
     cks = list_checkpoints(run_dir)
-    if not cks: raise SphanaError(f"{run_dir}: neither a saved model (checkpoint/) nor step checkpoints; nothing to export")
+    if not cks:
+        raise SphanaError(f"{run_dir}: neither a saved model (checkpoint/) nor step checkpoints; nothing to export")
     last = load_state(cks[-1]); best = (last.get("early_stopping") or {}).get("best_ckpt")
     state = load_state(run_dir/"checkpoints"/best) if best and (run_dir/"checkpoints"/best).exists() else last
     task = comp.build(cfg, train_recs, val_recs); task.module.load_state_dict(state["model"])
@@ -260,7 +280,11 @@ def export_run(component:str, # component name
     cfg = config_from_dict(_merge(meta["config"], overrides or {}), component, f"{src}/config")
     old = meta["version"]; published = (root/old).exists()
     if version is None:
-        version = old if not published else next(f"{old}-x{i}" for i in range(1, 10_000) if not (root/f"{old}-x{i}").exists())
+        version = (
+            old
+            if not published
+            else next(f"{old}-x{i}" for i in range(1, 10_000) if not (root/f"{old}-x{i}").exists())
+        )
     check_version(version)
     with version_lock(root, version, "export"):
         work = root/".runs"/version
@@ -273,13 +297,21 @@ def export_run(component:str, # component name
         if not (work/"checkpoint").is_dir(): _restore_checkpoint(comp, cfg, work, train_recs or [], val_recs)
         metric = getattr(cfg, "metric", None) or comp.metric
         parity = _export(comp, cfg, work, version, val_recs, train_recs or val_recs or [], metric)
-        meta = {**{k: v for k, v in meta.items() if k not in ("onnx", "parity", "manifest", "gates", "finished", "started")},
-                "version": version, "config": cfg.model_dump(mode="json"), "exported_from": old}
+        meta = {
+            **{
+                k: v for k, v in meta.items() if k not in ("onnx", "parity", "manifest", "gates", "finished", "started")
+            },
+            "version": version,
+            "config": cfg.model_dump(mode="json"),
+            "exported_from": old,
+        }
         value = (meta.get("metrics") or {}).get("best", {}).get(metric)
         out = publish_run(comp, root, version, work, meta, parity, value)
     get_logger().info(f"published {component} {version} (re-exported from {old}) -> {out}")
     m = meta.get("metrics") or {}
-    return TrainResult(component, version, work, out, m.get("best", {}), m.get("steps", 0), m.get("best_step"), parity, True)
+    return TrainResult(
+        component, version, work, out, m.get("best", {}), m.get("steps", 0), m.get("best_step"), parity, True
+    )
 
 # %% ../nbs/56_lifecycle.ipynb #0f2b484c
 def run_evaluate(component:str, # component name
@@ -300,15 +332,21 @@ def run_evaluate(component:str, # component name
     if model is not None: assets, what = comp.load_base(model), f"base model {model}"
     elif checkpoint is not None: assets, what = comp.load(Path(checkpoint)), f"checkpoint {checkpoint}"
     else:
-        d = version_dir(component_root(component, artifact_root), version); assets, what = comp.load(d/"checkpoint"), f"version {d.name}"
+        d = version_dir(component_root(component, artifact_root), version)
+        assets, what = comp.load(d/"checkpoint"), f"version {d.name}"
     infer, path = None, None
     if onnx is not None:
-        path = (d/"onnx"/{"fp32": "model.onnx", "int8": "model.quant.onnx"}[onnx]) if onnx in ("fp32", "int8") and d else Path(onnx)
+        path = (
+            (d/"onnx"/{"fp32": "model.onnx", "int8": "model.quant.onnx"}[onnx])
+            if onnx in ("fp32", "int8") and d
+            else Path(onnx)
+        )
         require_file(path, "this version has no int8 model" if onnx == "int8" else "check the path", "ONNX model")
         infer, what = ort_infer(path), f"{what} (ONNX {path.name})"
     t0 = datetime.now(timezone.utc)
     metrics = comp.evaluate(assets, comp.read_eval(data), infer=infer, batch_size=batch_size)
-    res = {"component": component, "model": what, "onnx": str(path) if path else None, "data": str(data), "metrics": metrics,
-           "seconds": round((datetime.now(timezone.utc) - t0).total_seconds(), 2), "created": t0.isoformat(timespec="seconds")}
+    res = {"component": component, "model": what, "onnx": str(path) if path else None, "data": str(data),
+           "metrics": metrics, "seconds": round((datetime.now(timezone.utc) - t0).total_seconds(), 2),
+           "created": t0.isoformat(timespec="seconds")}
     if output: atomic_write_json(output, res)
     return res

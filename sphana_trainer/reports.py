@@ -29,7 +29,9 @@ def _num(x) -> bool: return isinstance(x, (int, float)) and not isinstance(x, bo
 def eval_keys(rows:list[dict]) -> list[str]:
     "The metric names of the evaluation rows, in first-seen order (bookkeeping fields left out)."
     skip = {"type", "epoch", "step", "eval_seconds", "metric"}
-    return list(dict.fromkeys(k for r in rows if r.get("type") == "eval" for k, v in r.items() if k not in skip and _num(v)))
+    return list(
+        dict.fromkeys(k for r in rows if r.get("type") == "eval" for k, v in r.items() if k not in skip and _num(v))
+    )
 
 # %% ../nbs/71_reports.ipynb #3c975484
 def _plt():
@@ -40,12 +42,16 @@ def plot_curves(rows:list[dict], # rows of `metrics.jsonl`
                 title:str="", # prefix of the titles, e.g. the component
                ):
     "Training loss per step and every validation metric per evaluation step."
-    steps, evals = [r for r in rows if r.get("type") == "step" and _num(r.get("loss"))], [r for r in rows if r.get("type") == "eval"]
+    steps, evals = [r for r in rows if r.get("type") == "step" and _num(r.get("loss"))], [
+        r for r in rows if r.get("type") == "eval"
+    ]
     if not steps and not evals: print("no training rows in metrics.jsonl"); return None
     fig, (a, b) = _plt().subplots(1, 2, figsize=(11, 3.6))
     a.plot([r["step"] for r in steps], [r["loss"] for r in steps], marker=".", label="train loss")
     ev = [r for r in evals if _num(r.get("eval_loss", r.get("val_loss")))]
-    if ev: a.plot([r["step"] for r in ev], [r.get("eval_loss", r.get("val_loss")) for r in ev], marker="o", label="validation loss")
+    if ev:
+        a.plot([r["step"] for r in ev], [r.get("eval_loss", r.get("val_loss")) for r in ev], marker="o",
+               label="validation loss")
     a.set_xlabel("step"); a.set_ylabel("loss"); a.set_title(f"{title} loss".strip()); a.legend()
     for k in [k for k in eval_keys(rows) if k not in ("eval_loss", "val_loss")]:
         pts = [r for r in evals if _num(r.get(k))]
@@ -84,7 +90,10 @@ def plot_confusion(cm:dict, # `{labels, matrix}` (rows: gold, columns: predicted
     top = max(max(r) for r in m) or 1
     for i in range(n):
         for j in range(n):
-            if m[i][j]: ax.text(j, i, m[i][j], ha="center", va="center", fontsize=6, color="white" if m[i][j] > top / 2 else "black")
+            if m[i][j]:
+                ax.text(
+                    j, i, m[i][j], ha="center", va="center", fontsize=6, color="white" if m[i][j] > top / 2 else "black"
+                )
     ax.set_xlabel("predicted"); ax.set_ylabel("gold"); ax.set_title("confusion matrix (validation)")
     fig.tight_layout(); return fig
 
@@ -130,7 +139,12 @@ def int8_table(meta:dict):
     import pandas as pd
     p = meta.get("parity") or {}
     rows = p.get("int8_candidates") or []
-    if not rows: print(f"no int8 candidates ({(meta.get('onnx') or {}).get('int8_reason') or p.get('int8_reason') or 'int8 not searched'})"); return None
+    if not rows:
+        print(
+            "no int8 candidates"
+            f" ({(meta.get('onnx') or {}).get('int8_reason') or p.get('int8_reason') or 'int8 not searched'})"
+        )
+        return None
     chosen = (p.get("int8") or {}).get("recipe")
     df = pd.DataFrame([{k: (", ".join(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows])
     df.insert(0, "chosen", df["recipe"] == chosen if "recipe" in df else False)
@@ -140,20 +154,28 @@ def int8_table(meta:dict):
 def parity_points(vdir:str|Path, # a published version folder
                   n:int=16, # validation records to run
                  ) -> dict:
-    "`{model: (pytorch outputs, onnx outputs)}` (flattened) of up to `n` records, for `onnx/model.onnx` and the int8 model."
+    ("`{model: (pytorch outputs, onnx outputs)}` (flattened) of up to `n` records, for `onnx/model.onnx` and the int8 "
+     "model.")
     import numpy as np
     from sphana_trainer.artifacts import read_json
     from sphana_trainer.train.component import get_component, ort_infer
     vdir = Path(vdir); meta = read_json(vdir/"metadata.json"); comp = get_component(meta["component"])
     ds = meta.get("dataset") or {}
     src = next((Path(p) for p in (ds.get("validation"), ds.get("train")) if p and Path(p).is_file()), None)
-    if src is None: raise SphanaError(f"{vdir}: its dataset files are gone ({ds.get('validation') or ds.get('train')}); no parity points")
+    if src is None:
+        raise SphanaError(
+            f"{vdir}: its dataset files are gone ({ds.get('validation') or ds.get('train')}); no parity points"
+        )
     assets = comp.load(vdir/"checkpoint"); recs = comp.sample_records(comp.read(src), n)
-    models = {k: vdir/v for k, v in (meta.get("onnx") or {}).items() if k in ("fp32", "int8") and v and (vdir/v).is_file()}
+    models = {
+        k: vdir/v for k, v in (meta.get("onnx") or {}).items() if k in ("fp32", "int8") and v and (vdir/v).is_file()
+    }
     ref, outs = comp.torch_infer(assets), {k: (ort_infer(p), [], []) for k, p in models.items()}
     for feed in comp.feeds(assets, recs, batch_size=n):
         r = np.concatenate([np.asarray(o, np.float64).ravel() for o in ref(feed)])
-        for k, (inf, a, b) in outs.items(): a.append(r); b.append(np.concatenate([np.asarray(o, np.float64).ravel() for o in inf(feed)]))
+        for k, (inf, a, b) in outs.items():
+            a.append(r)
+            b.append(np.concatenate([np.asarray(o, np.float64).ravel() for o in inf(feed)]))
     return {k: (np.concatenate(a), np.concatenate(b)) for k, (_, a, b) in outs.items() if a}
 
 # %% ../nbs/71_reports.ipynb #6f300934
@@ -164,8 +186,10 @@ def plot_parity(points:dict, # `parity_points` output
     if not points: print("no ONNX model to compare"); return None
     fig, axes = _plt().subplots(1, len(points), figsize=(4.6 * len(points), 4.2), squeeze=False)
     for ax, (k, (x, y)) in zip(axes[0], points.items()):
-        step = max(1, len(x) // max_points); drift = float(np.abs(x - y).max(initial=0) / (np.abs(x).max(initial=0) or 1))
-        ax.scatter(x[::step], y[::step], s=4, alpha=0.5); lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+        step = max(1, len(x) // max_points)
+        drift = float(np.abs(x - y).max(initial=0) / (np.abs(x).max(initial=0) or 1))
+        ax.scatter(x[::step], y[::step], s=4, alpha=0.5)
+        lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
         ax.plot([lo, hi], [lo, hi], "k:", lw=1); ax.set_xlabel("PyTorch"); ax.set_ylabel(f"ONNX {k}")
         ax.set_title(f"{k}: max drift {drift:.2e} ({len(x)} values)")
     fig.tight_layout(); return fig
@@ -199,7 +223,8 @@ def plot_dataset_counts(counts:dict, # kind -> {train: n, validation: n}
     kinds = list(counts); x = np.arange(len(kinds)); fig, ax = _plt().subplots(figsize=(7, 3.2))
     for i, split in enumerate(("train", "validation")):
         ax.bar(x + (i - 0.5) * 0.4, [counts[k].get(split, 0) for k in kinds], 0.4, label=split)
-    ax.set_xticks(x, kinds); ax.set_ylabel("records"); ax.set_title("datasets"); ax.legend(); fig.tight_layout(); return fig
+    ax.set_xticks(x, kinds); ax.set_ylabel("records"); ax.set_title("datasets"); ax.legend(); fig.tight_layout()
+    return fig
 
 def key_table(figures:dict, # a `summarize_*` result
              ):
@@ -231,8 +256,8 @@ def summarize_ingest(res, check=None) -> dict:
     "Key figures of `run_ingest` (and of `validate_ingest` when given)."
     d = Path(res.output_dir).resolve()   # absolute: the state is read from other working directories
     out = {"report_dir": d, "output_dir": d, "documents": res.documents, "chunks": res.chunks,
-           "relations": res.relations, "cache_hits": res.cache_hits, "computed": res.computed, "elapsed_s": round(res.elapsed_s, 2),
-           "fingerprint": (res.meta.get("input") or {}).get("fingerprint")}
+           "relations": res.relations, "cache_hits": res.cache_hits, "computed": res.computed,
+           "elapsed_s": round(res.elapsed_s, 2), "fingerprint": (res.meta.get("input") or {}).get("fingerprint")}
     if res.relations_path.is_file(): out["top_predicates"] = dict(predicate_counts(res.relations_path, 10))
     if check is not None: out["validation_errors"] = len(check.errors)
     return _json_safe(out)
@@ -240,8 +265,10 @@ def summarize_ingest(res, check=None) -> dict:
 def summarize_datasets(res) -> dict:
     "Key figures of `build_from_ingest`."
     d = Path(res.output_dir).resolve()
-    return _json_safe({"report_dir": d, "output_dir": d, "counts": res.counts,
-                       "documents": res.meta.get("documents"), "chunks": res.meta.get("chunks"), "triples": res.meta.get("triples")})
+    return _json_safe(
+        {"report_dir": d, "output_dir": d, "counts": res.counts, "documents": res.meta.get("documents"),
+         "chunks": res.meta.get("chunks"), "triples": res.meta.get("triples")}
+    )
 
 # %% ../nbs/71_reports.ipynb #58716c7f
 def summarize_train(res) -> dict:
@@ -249,12 +276,15 @@ def summarize_train(res) -> dict:
     p, d = res.parity or {}, res.artifact_dir
     meta = json.loads((Path(d)/"metadata.json").read_text()) if d and (Path(d)/"metadata.json").is_file() else {}
     m = meta.get("metrics") or {}
-    return _json_safe({"report_dir": d or res.run_dir, "component": res.component, "version": res.version, "artifact_dir": d,
-        "published": res.published, "metric": m.get("metric"), "value": (res.metrics or {}).get(m.get("metric")),
-        "metrics": {k: v for k, v in (res.metrics or {}).items() if _num(v)}, "steps": res.steps, "best_step": res.best_step,
-        "train_seconds": round(res.train_seconds, 2), "int8": (p.get("int8") or {}).get("recipe"), "int8_reason": p.get("int8_reason"),
-        "fp32_parity": {k: v for k, v in (p.get("fp32") or {}).items() if _num(v)}, "parity_passed": p.get("passed"),
-        "dataset_fingerprint": (meta.get("dataset") or {}).get("fingerprint")})
+    return _json_safe(
+        {"report_dir": d or res.run_dir, "component": res.component, "version": res.version, "artifact_dir": d,
+         "published": res.published, "metric": m.get("metric"), "value": (res.metrics or {}).get(m.get("metric")),
+         "metrics": {k: v for k, v in (res.metrics or {}).items() if _num(v)}, "steps": res.steps,
+         "best_step": res.best_step, "train_seconds": round(res.train_seconds, 2),
+         "int8": (p.get("int8") or {}).get("recipe"), "int8_reason": p.get("int8_reason"),
+         "fp32_parity": {k: v for k, v in (p.get("fp32") or {}).items() if _num(v)}, "parity_passed": p.get("passed"),
+         "dataset_fingerprint": (meta.get("dataset") or {}).get("fingerprint")}
+    )
 
 # %% ../nbs/71_reports.ipynb #9fd29e02
 def summarize_export(res) -> dict:
@@ -263,7 +293,8 @@ def summarize_export(res) -> dict:
     for c, e in res.manifest["components"].items():
         par = (e.get("parity") or {}).get("samples") or (e.get("parity") or {}).get("fp32") or {}
         comps[c] = {"version": e["version"], "files": len(e["files"]), "int8": bool((e.get("onnx") or {}).get("int8")),
-                    "fp32_drift": par.get("max_rel_drift"), "metric": e.get("metric"), "metrics": (e.get("metrics") or {}).get("best")}
+                    "fp32_drift": par.get("max_rel_drift"), "metric": e.get("metric"),
+                    "metrics": (e.get("metrics") or {}).get("best")}
     return _json_safe({"report_dir": Path(res.manifest_path).parent/"reports"/"export", "manifest": res.manifest_path,
                        "versions": res.versions, "reexported": res.reexported, "components": comps})
 
@@ -271,7 +302,9 @@ def summarize_package(res, verify=None) -> dict:
     "Key figures of `release.package.run_package` (and `verify_package` when given)."
     out = {"report_dir": Path(res.path).parent/"reports"/"package", "package": res.path, "sha256": res.sha256,
            "bytes": res.bytes, "members": len(res.members)}
-    if verify is not None: out["verified"] = True; out["verify"] = {"files": verify.files, "components": verify.components}
+    if verify is not None:
+        out["verified"] = True
+        out["verify"] = {"files": verify.files, "components": verify.components}
     return _json_safe(out)
 
 # %% ../nbs/71_reports.ipynb #e5538207
@@ -300,7 +333,8 @@ def run_notebook(stage:str) -> Path:
     "The run notebook of `stage` (`train_<component>` falls back to the generic `train.ipynb`)."
     d = runs_dir(); p = d/f"{stage}.ipynb"
     if not p.is_file() and stage.startswith("train_"): p = d/"train.ipynb"
-    if not p.is_file(): raise SphanaError(f"no run notebook for stage {stage!r} ({d/(stage + '.ipynb')}); pass --no-report")
+    if not p.is_file():
+        raise SphanaError(f"no run notebook for stage {stage!r} ({d/(stage + '.ipynb')}); pass --no-report")
     return p
 
 # %% ../nbs/71_reports.ipynb #352e5707
@@ -327,10 +361,15 @@ def execute_run(nb:str|Path, # the run notebook
                             **({"stdout_file": sys.stdout, "stderr_file": sys.stderr} if stream else {}))
         return None
     except Exception as e:
-        return f"{type(e).__name__}: {getattr(e, 'evalue', None) or str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
+        return (
+            f"{type(e).__name__}:"
+            f" {getattr(e, 'evalue', None) or str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
+        )
 
 # %% ../nbs/71_reports.ipynb #3f29b2d2
-_EXTERNAL = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link[^>]*\bhref=[\"']https?://[^>]*>", re.I)
+_EXTERNAL = re.compile(
+    r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link[^>]*\bhref=[\"']https?://[^>]*>", re.I
+)
 
 def to_html(ipynb:str|Path, # an executed notebook
             html:str|Path|None=None, # default: beside it, `.html`
@@ -341,7 +380,8 @@ def to_html(ipynb:str|Path, # an executed notebook
     nb = nbformat.read(str(ipynb), as_version=4)
     nb.metadata.pop("widgets", None)     # widget state would pull the widget manager from a CDN
     for c in nb.cells:                   # progress-bar widgets: without their state only a frozen "0%" is left
-        if "outputs" in c: c.outputs = [o for o in c.outputs if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+        if "outputs" in c:
+            c.outputs = [o for o in c.outputs if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
     body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(nb)
     body = _EXTERNAL.sub("", body)
     return atomic_write(Path(html) if html else Path(ipynb).with_suffix(".html"), body)
@@ -365,10 +405,15 @@ def run_report(stage:str, # `ingest`, `build_datasets`, `train_<component>`, `ex
     nb = run_notebook(stage)
     with tempfile.TemporaryDirectory(prefix=f"sphana-{stage}-") as td:
         td = Path(td); hand = td/"result.json"; executed = td/"report.ipynb"
-        if stage.startswith("train_") and "component" not in params: params = {**params, "component": stage[len("train_"):]}
+        if stage.startswith("train_") and "component" not in params:
+            params = {**params, "component": stage[len("train_") :]}
         err = execute_run(nb, executed, {**params, "result_path": str(hand)}, timeout)
         if err is not None or not hand.is_file():
-            dest = Path(out_dir) if out_dir else ws_path("logs", "reports", f"{stage}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+            dest = (
+                Path(out_dir)
+                if out_dir
+                else ws_path("logs", "reports", f"{stage}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+            )
             paths = _place(executed, dest) if executed.is_file() else {}
             raise SphanaError(f"{stage}: the run notebook failed ({err or 'no result written'}); executed copy: "
                               f"{paths.get('ipynb', 'none')} ({paths.get('html', '')})")

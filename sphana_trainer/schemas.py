@@ -113,7 +113,9 @@ def validate_jsonl(path:str|Path, # the JSONL file to check
             rep.records += 1
             try: rec = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError: rep.errors.append((ln, "(line)", "not UTF-8")); continue
-            except json.JSONDecodeError as e: rep.errors.append((ln, "(line)", f"invalid JSON ({e.msg}, column {e.colno})")); continue
+            except json.JSONDecodeError as e:
+                rep.errors.append((ln, "(line)", f"invalid JSON ({e.msg}, column {e.colno})"))
+                continue
             errs = [(_field(e), _reason(e)) for e in validator.iter_errors(rec)]
             if not errs and extra: errs = extra(rec)
             rep.errors += [(ln, fl, why) for fl, why in errs]
@@ -170,5 +172,8 @@ def dataset_stats(path:str|Path, # a dataset JSONL file
            "duplicate_texts": {k: sum(c - 1 for (f, _), c in texts.items() if f == k and c > 1) for k in lengths},
            "length_words": {k: percentiles(v) for k, v in lengths.items()}}
     if labels: out["labels"] = {str(k): v for k, v in sorted(labels.items(), key=lambda kv: (-kv[1], str(kv[0])))}
-    if kind == "gnn": out.update(candidates_per_query=_summary(cands), nodes_per_graph=_summary(nodes), edges_per_graph=_summary(edges))
+    if kind == "gnn":
+        out.update(
+            candidates_per_query=_summary(cands), nodes_per_graph=_summary(nodes), edges_per_graph=_summary(edges)
+        )
     return out

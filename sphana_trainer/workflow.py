@@ -39,11 +39,13 @@ def digest(obj) -> str:
 
 # %% ../nbs/70_workflow.ipynb #eb7ebb3c
 def parse_sets(items:list[str]|None) -> dict:
-    "`['embedding.max_steps=3', 'ingest.parser=spacy']` as `{'embedding': {'max_steps': 3}, 'ingest': {'parser': 'spacy'}}`."
+    ("`['embedding.max_steps=3', 'ingest.parser=spacy']` as `{'embedding': {'max_steps': 3}, 'ingest': {'parser': "
+     "'spacy'}}`.")
     out = {}
     for it in items or []:
         key, sep, val = it.partition("=")
-        if not sep or "." not in key: raise SphanaError(f"--set {it!r}: write STAGE.KEY=VALUE, e.g. --set embedding.max_steps=3")
+        if not sep or "." not in key:
+            raise SphanaError(f"--set {it!r}: write STAGE.KEY=VALUE, e.g. --set embedding.max_steps=3")
         node = out; parts = key.strip().split(".")
         for p in parts[:-1]: node = node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(val) if val.strip() else None
@@ -52,7 +54,8 @@ def parse_sets(items:list[str]|None) -> dict:
 def merge(base:dict, over:dict) -> dict:
     "`base` with `over` merged in (nested dicts merged, other values replaced)."
     out = dict(base)
-    for k, v in (over or {}).items(): out[k] = merge(out.get(k) or {}, v) if isinstance(v, dict) and isinstance(out.get(k), dict | None) else v
+    for k, v in (over or {}).items():
+        out[k] = merge(out.get(k) or {}, v) if isinstance(v, dict) and isinstance(out.get(k), dict | None) else v
     return out
 
 # %% ../nbs/70_workflow.ipynb #ad594424
@@ -72,9 +75,12 @@ def load_stage_config(path:str|Path, # YAML config
     return config_from_dict(data, component, str(path), text)
 
 # %% ../nbs/70_workflow.ipynb #7f27e1b9
-_FUNCS = {"download_wiki": ("sphana_trainer.ingest.wiki", "run_download_wiki"), "ingest": ("sphana_trainer.ingest.pipeline", "run_ingest"),
-          "build_datasets": ("sphana_trainer.data.build", "build_from_ingest"), "train": ("sphana_trainer.lifecycle", "run_train"),
-          "export": ("sphana_trainer.release.manifest", "run_export"), "package": ("sphana_trainer.release.package", "verify_package"),
+_FUNCS = {"download_wiki": ("sphana_trainer.ingest.wiki", "run_download_wiki"),
+          "ingest": ("sphana_trainer.ingest.pipeline", "run_ingest"),
+          "build_datasets": ("sphana_trainer.data.build", "build_from_ingest"),
+          "train": ("sphana_trainer.lifecycle", "run_train"),
+          "export": ("sphana_trainer.release.manifest", "run_export"),
+          "package": ("sphana_trainer.release.package", "verify_package"),
           "promote": ("sphana_trainer.release.registry", "promote")}
 
 def registered(component:str) -> bool:
@@ -86,14 +92,18 @@ def registered(component:str) -> bool:
 def unavailable(st:Stage) -> str|None:
     "Why `st` cannot run in this installation (None when it can)."
     mod, fn = _FUNCS[st.kind]
-    if importlib.util.find_spec(mod) is None or not hasattr(importlib.import_module(mod), fn): return f"{mod}.{fn} is not in this installation"
-    if st.kind == "train" and not registered(st.component): return f"no component {st.component!r} is registered in this installation"
+    if importlib.util.find_spec(mod) is None or not hasattr(importlib.import_module(mod), fn):
+        return f"{mod}.{fn} is not in this installation"
+    if st.kind == "train" and not registered(st.component):
+        return f"no component {st.component!r} is registered in this installation"
     return None
 
 # %% ../nbs/70_workflow.ipynb #b90eb929
 def train_config(st:Stage, root:Path):
     "The training config of a train stage, writing under `<root>/<component>`."
-    return load_stage_config(st.config, st.component, {**st.params.get("overrides", {}), "output_dir": str(root/st.component)})
+    return load_stage_config(
+        st.config, st.component, {**st.params.get("overrides", {}), "output_dir": str(root/st.component)}
+    )
 
 def ingest_stage_config(st:Stage):
     "The ingest config of an ingest stage."
@@ -101,7 +111,11 @@ def ingest_stage_config(st:Stage):
 
 def _trained(state:dict, component:str) -> str|None:
     "The version the last successful `train_<component>` stage produced."
-    return ((state.get("stages", {}).get(f"train_{component}") or {}).get("last_success") or {}).get("outputs", {}).get("version")
+    return (
+        ((state.get("stages", {}).get(f"train_{component}") or {}).get("last_success") or {})
+        .get("outputs", {})
+        .get("version")
+    )
 
 def release_config(st:Stage, state:dict):
     "The release config of an export/package stage: components that are not registered left out (with a warning), "
@@ -110,7 +124,10 @@ def release_config(st:Stage, state:dict):
     over = st.params.get("overrides", {})
     cfg = load_stage_config(st.config, "release", over)
     comps = [c for c in cfg.components if registered(c)]
-    if not comps: raise SphanaError(f"{st.config}: none of the release's components ({', '.join(cfg.components)}) is registered here")
+    if not comps:
+        raise SphanaError(
+            f"{st.config}: none of the release's components ({', '.join(cfg.components)}) is registered here"
+        )
     dropped = [c for c in cfg.components if c not in comps]
     if dropped: get_logger().warning(f"{st.name}: left out of the release (not registered here): {', '.join(dropped)}")
     pins = {c: v for c in comps if (v := cfg.versions.get(c) or _trained(state, c))}
@@ -123,7 +140,9 @@ def _fp(*paths) -> str|None:
 
 def _manifest_path(st:Stage, root:Path) -> Path:
     from sphana_trainer.release.manifest import release_paths
-    return release_paths(load_stage_config(st.config, "release", st.params.get("overrides", {})), root, st.params.get("manifest"))[1]
+    return release_paths(
+        load_stage_config(st.config, "release", st.params.get("overrides", {})), root, st.params.get("manifest")
+    )[1]
 
 def _settings(cfg) -> dict:
     "The values a config sets (those equal to the defaults left out, so a new config key of the code changes nothing)."
@@ -133,7 +152,8 @@ def stage_inputs(st:Stage, root:Path, state:dict) -> dict:
     "The inputs of `st` now (configs with overrides, file fingerprints, upstream outputs)."
     k, p = st.kind, st.params
     if k == "download_wiki":
-        return {"titles": _fp(p.get("titles_file"), p.get("titles_dir")), "params": {x: v for x, v in p.items() if x != "titles_dir"}}
+        return {"titles": _fp(p.get("titles_file"), p.get("titles_dir")),
+                "params": {x: v for x, v in p.items() if x != "titles_dir"}}
     if k == "ingest":
         cfg = ingest_stage_config(st); return {"config": _settings(cfg), "input": _fp(resolve_path(cfg.input))}
     if k == "build_datasets":
@@ -141,7 +161,8 @@ def stage_inputs(st:Stage, root:Path, state:dict) -> dict:
     if k == "train":
         cfg = train_config(st, root); return {"config": _settings(cfg), "data": _fp(*dataset_files(cfg))}
     if k == "export":
-        cfg = release_config(st, state); return {"config": _settings(cfg), "root": str(root), "manifest": p.get("manifest")}
+        cfg = release_config(st, state)
+        return {"config": _settings(cfg), "root": str(root), "manifest": p.get("manifest")}
     if k == "package":
         cfg = load_stage_config(st.config, "release", p.get("overrides", {})); man = _manifest_path(st, root)
         return {"config": _settings(cfg), "manifest": str(man), "manifest_fp": _fp(man)}
@@ -174,7 +195,8 @@ class workflow_lock:
         self.path.parent.mkdir(parents=True, exist_ok=True); self.f = open(self.path, "a+")
         try: fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.f.close(); raise SphanaError(f"another workflow is running on {self.path.parent.parent} (lock {self.path}); wait for it") from None
+            self.f.close(); raise SphanaError(f"another workflow is running on {self.path.parent.parent} (lock "
+                                              f"{self.path}); wait for it") from None
         return self
     def __exit__(self, *a): self.f.close()
 
@@ -193,20 +215,26 @@ def _train_plan(st:Stage, root:Path, ent:dict, h:str) -> tuple[str, str|None, bo
 def _figures_of_version(vdir:Path) -> dict:
     "Key figures of a published version read from its metadata (a run killed after publishing)."
     m = read_json(vdir/"metadata.json"); mt = m.get("metrics") or {}
-    return {"report_dir": str(vdir), "component": m["component"], "version": m["version"], "artifact_dir": str(vdir), "published": True,
-            "metric": mt.get("metric"), "value": (mt.get("best") or {}).get(mt.get("metric")), "metrics": mt.get("best") or {},
-            "steps": mt.get("steps"), "best_step": mt.get("best_step"), "train_seconds": mt.get("train_seconds"),
-            "int8": ((m.get("parity") or {}).get("int8") or {}).get("recipe"), "dataset_fingerprint": (m.get("dataset") or {}).get("fingerprint")}
+    return {"report_dir": str(vdir), "component": m["component"], "version": m["version"], "artifact_dir": str(vdir),
+            "published": True, "metric": mt.get("metric"), "value": (mt.get("best") or {}).get(mt.get("metric")),
+            "metrics": mt.get("best") or {}, "steps": mt.get("steps"), "best_step": mt.get("best_step"),
+            "train_seconds": mt.get("train_seconds"), "int8": ((m.get("parity") or {}).get("int8") or {}).get("recipe"),
+            "dataset_fingerprint": (m.get("dataset") or {}).get("fingerprint")}
 
 # %% ../nbs/70_workflow.ipynb #e8754992
 def _run_train(st, root, state, ent, h, report, save) -> dict:
     from sphana_trainer import reports
     version, resume, published = _train_plan(st, root, ent, h)
-    if published: get_logger().info(f"{st.name}: {version} was published by the interrupted run"); return _figures_of_version(root/st.component/version)
+    if published:
+        get_logger().info(f"{st.name}: {version} was published by the interrupted run")
+        return _figures_of_version(root/st.component/version)
     ent.update(version=version, resumed=bool(resume)); save()
     if resume: get_logger().info(f"{st.name}: resuming {version} from its last checkpoint")
     over = {**st.params.get("overrides", {}), "version": version, "output_dir": str(root/st.component)}
-    if report: return reports.run_report(st.name, {"config": st.config, "component": st.component, "overrides": over, "resume": resume})
+    if report:
+        return reports.run_report(
+            st.name, {"config": st.config, "component": st.component, "overrides": over, "resume": resume}
+        )
     from sphana_trainer.lifecycle import run_train
     fig = reports.summarize_train(run_train(load_stage_config(st.config, st.component, over), resume=resume))
     reports.save_report(fig); return fig
@@ -218,12 +246,14 @@ def _run_ingest(st, root, state, report) -> dict:
     from sphana_trainer.ingest.pipeline import run_ingest
     from sphana_trainer.ingest.validate import validate_ingest
     res = run_ingest(ingest_stage_config(st)); check = validate_ingest(res.output_dir)
-    if check.errors: raise SphanaError(f"ingest output {res.output_dir} has {len(check.errors)} errors: {check.errors[:3]}")
+    if check.errors:
+        raise SphanaError(f"ingest output {res.output_dir} has {len(check.errors)} errors: {check.errors[:3]}")
     fig = reports.summarize_ingest(res, check); reports.save_report(fig); return fig
 
 def _build_args(st:Stage) -> dict:
     p = st.params; parses = Path(p["parses_dir"]) if p.get("parses_dir") else None
-    return {"ingest_dir": p["ingest_dir"], "output_dir": p["output_dir"], "parses_dir": str(parses) if parses and parses.is_dir() else None,
+    return {"ingest_dir": p["ingest_dir"], "output_dir": p["output_dir"],
+            "parses_dir": str(parses) if parses and parses.is_dir() else None,
             **{k: p[k] for k in ("min_confidence", "val_ratio", "seed", "max_per_label") if p.get(k) is not None}}
 
 def _run_build(st, root, state, report) -> dict:
@@ -238,11 +268,25 @@ def _run_release(st, root, state, report) -> dict:
     man = st.params.get("manifest")
     if st.kind == "export":
         cfg = release_config(st, state)
-        if report: return reports.run_report("export", {"config": st.config, "overrides": {**st.params.get("overrides", {}),
-                                              "components": cfg.components, "versions": cfg.versions}, "artifact_root": str(root), "manifest": man})
+        if report:
+            return reports.run_report(
+                "export",
+                {
+                    "config": st.config,
+                    "overrides": {**st.params.get("overrides", {}), "components": cfg.components,
+                                  "versions": cfg.versions},
+                    "artifact_root": str(root),
+                    "manifest": man,
+                },
+            )
         from sphana_trainer.release.manifest import run_export
         fig = reports.summarize_export(run_export(cfg, root, man)); reports.save_report(fig); return fig
-    if report: return reports.run_report("package", {"config": st.config, "overrides": st.params.get("overrides", {}), "artifact_root": str(root), "manifest": man})
+    if report:
+        return reports.run_report(
+            "package",
+            {"config": st.config, "overrides": st.params.get("overrides", {}), "artifact_root": str(root),
+             "manifest": man},
+        )
     from sphana_trainer.release.package import run_package, verify_package
     res = run_package(load_stage_config(st.config, "release", st.params.get("overrides", {})), root, man)
     fig = reports.summarize_package(res, verify_package(res.path)); reports.save_report(fig); return fig
@@ -252,7 +296,8 @@ def _run_download(st, root, state) -> dict:
     from sphana_trainer.ingest.wiki import run_download_wiki
     p = {k: v for k, v in st.params.items() if v is not None}
     res = run_download_wiki(p.pop("titles_file", None), p.pop("titles_dir", None), p.pop("output"), **p)
-    return {"output": str(res.output), "written": res.written, "skipped": res.skipped, "missing": len(res.missing), "titles": res.titles}
+    return {"output": str(res.output), "written": res.written, "skipped": res.skipped, "missing": len(res.missing),
+            "titles": res.titles}
 
 def _run_promote(st, root, state) -> dict:
     from sphana_trainer.release.registry import promote
@@ -283,13 +328,14 @@ class WorkflowSpec:
     "What `run_workflow` runs."
     root: Path                                  # artifact root
     stages: list                                # `Stage`s, in order
-    report: bool = True                         # run each stage through its run notebook (report.ipynb/.html beside its output)
+    report: bool = True  # run each stage through its run notebook (report.ipynb/.html beside its output)
     force: list = field(default_factory=list)   # stage names to run even when unchanged
 
 # %% ../nbs/70_workflow.ipynb #a3b437c0
 def _skip_reason(st:Stage, ent:dict, h:str, force:list) -> str|None:
     last = ent.get("last_success")
-    if st.name in force or not last or last.get("input_hash") != h or not outputs_exist(last.get("outputs") or {}): return None
+    if st.name in force or not last or last.get("input_hash") != h or not outputs_exist(last.get("outputs") or {}):
+        return None
     return f"unchanged since {last['finished']}"
 
 def _row(st:Stage, action:str, **kw) -> dict: return {"stage": st.name, "kind": st.kind, "action": action, **kw}
@@ -308,7 +354,8 @@ def run_workflow(spec:WorkflowSpec, echo:Callable=print) -> dict:
         try: runs_dir()
         except SphanaError as e: echo(f"reports off: {e}"); spec.report = False
     with workflow_lock(root):
-        state = read_state(root); state.update(plan=[asdict(s) for s in spec.stages], artifact_root=str(root)); save_state(root, state)
+        state = read_state(root); state.update(plan=[asdict(s) for s in spec.stages], artifact_root=str(root))
+        save_state(root, state)
         rows, n = [], len(spec.stages)
         for i, st in enumerate(spec.stages, 1):
             rows.append(_run_one(st, i, n, spec, root, state, echo))
@@ -321,35 +368,52 @@ def _run_one(st:Stage, i:int, n:int, spec:WorkflowSpec, root:Path, state:dict, e
     ent = state["stages"].setdefault(st.name, {})
     try: why = unavailable(st)
     except Exception as e:   # the module exists but does not import (a broken installation)
-        echo(f"{head}: failed: {_error(e)}"); ent.update(status="failed", error=_error(e), finished=_now()); save_state(root, state)
+        echo(f"{head}: failed: "
+             f"{_error(e)}"); ent.update(status="failed", error=_error(e), finished=_now()); save_state(root, state)
         return _row(st, "failed", error=_error(e), user_error=False)
     if why: echo(f"{head}: skipped, not available ({why})"); return _row(st, "unavailable", reason=why)
     try: inputs = stage_inputs(st, root, state); h = digest(inputs)
     except SphanaError as e:
-        echo(f"{head}: failed: {e}"); ent.update(status="failed", error=str(e), finished=_now()); save_state(root, state)
+        echo(f"{head}: failed: "
+             f"{e}"); ent.update(status="failed", error=str(e), finished=_now()); save_state(root, state)
         return _row(st, "failed", error=str(e), user_error=True)
     if (why := _skip_reason(st, ent, h, spec.force)):
         echo(f"{head}: skipped ({why})"); return _row(st, "skipped", reason=why, outputs=ent["last_success"]["outputs"])
-    resuming = st.kind == "train" and ent.get("status") in ("running", "failed") and ent.get("input_hash") == h and ent.get("version")
-    echo(f"{head}" + (" (forced)" if st.name in spec.force else "") + (f" (resuming {ent['version']})" if resuming else ""))
+    resuming = (
+        st.kind == "train"
+        and ent.get("status") in ("running", "failed")
+        and ent.get("input_hash") == h
+        and ent.get("version")
+    )
+    echo(
+        f"{head}"
+        + (" (forced)" if st.name in spec.force else "")
+        + (f" (resuming {ent['version']})" if resuming else "")
+    )
     if not resuming: ent.pop("version", None)
-    ent.update(status="running", input_hash=h, started=_now(), error=None); save_state(root, state); t0 = time.monotonic()
+    ent.update(status="running", input_hash=h, started=_now(), error=None); save_state(root, state)
+    t0 = time.monotonic()
     try: out = execute_stage(st, root, state, ent, h, spec.report, lambda: save_state(root, state))
     except BaseException as e:
-        ent.update(status="failed", error=_error(e), finished=_now(), duration_s=round(time.monotonic() - t0, 2)); save_state(root, state)
+        ent.update(status="failed", error=_error(e), finished=_now(), duration_s=round(time.monotonic() - t0, 2))
+        save_state(root, state)
         if not isinstance(e, Exception): raise
         echo(f"{head}: failed after {fmt_duration(time.monotonic() - t0)}: {_error(e)}")
         return _row(st, "failed", error=_error(e), user_error=isinstance(e, SphanaError), seconds=ent["duration_s"])
     d = round(time.monotonic() - t0, 2)
     ent.update(status="succeeded", finished=_now(), duration_s=d, outputs=out)
-    ent["last_success"] = {"input_hash": h, "inputs": inputs, "finished": ent["finished"], "duration_s": d, "outputs": out}
+    ent["last_success"] = {"input_hash": h, "inputs": inputs, "finished": ent["finished"], "duration_s": d,
+                           "outputs": out}
     save_state(root, state); echo(f"{head}: done in {fmt_duration(d)}{_brief(out)}")
     return _row(st, "resumed" if resuming else "ran", seconds=d, outputs=out)
 
 # %% ../nbs/70_workflow.ipynb #25aae5f3
 def _brief(out:dict) -> str:
     "A few words about a stage's outputs."
-    if out.get("version"): return f": {out.get('component', '')} {out['version']}" + (f", {out['metric']} {out['value']:.4f}" if isinstance(out.get("value"), (int, float)) else "")
+    if out.get("version"):
+        return f": {out.get('component', '')} {out['version']}" + (
+            f", {out['metric']} {out['value']:.4f}" if isinstance(out.get("value"), (int, float)) else ""
+        )
     for k in ("package", "manifest", "output_dir", "output"):
         if out.get(k): return f": {out[k]}"
     return ""
@@ -361,11 +425,16 @@ def write_report(root:Path, state:dict, rows:list, seconds:float, echo:Callable=
         o = r.get("outputs") or (st.get(r["stage"], {}).get("last_success") or {}).get("outputs") or {}
         r.update(outputs=o, metrics=o.get("metrics"), report=o.get("report"),
                  last_success=(st.get(r["stage"], {}).get("last_success") or {}).get("finished"))
-    man = next((r["outputs"].get("manifest") for r in rows if r["kind"] == "export" and r["outputs"].get("manifest")), None)
-    pkg = next((r["outputs"].get("package") for r in rows if r["kind"] == "package" and r["outputs"].get("package")), None)
+    man = next(
+        (r["outputs"].get("manifest") for r in rows if r["kind"] == "export" and r["outputs"].get("manifest")), None
+    )
+    pkg = next(
+        (r["outputs"].get("package") for r in rows if r["kind"] == "package" and r["outputs"].get("package")), None
+    )
     failed = [r for r in rows if r["action"] == "failed"]
-    doc = {"created": _now(), "artifact_root": str(root), "status": "failed" if failed else "succeeded", "seconds": round(seconds, 2),
-           "stages": rows, "manifest": {"path": man, "content": read_json(man) if man and Path(man).is_file() else None},
+    doc = {"created": _now(), "artifact_root": str(root), "status": "failed" if failed else "succeeded",
+           "seconds": round(seconds, 2), "stages": rows,
+           "manifest": {"path": man, "content": read_json(man) if man and Path(man).is_file() else None},
            "package": pkg, "state": str(Path(root)/STATE_FILE)}
     atomic_write_json(Path(root)/REPORT_FILE, doc)
     return doc
@@ -374,20 +443,40 @@ def write_report(root:Path, state:dict, rows:list, seconds:float, echo:Callable=
 def workflow_status(root:str|Path) -> list[dict]:
     "Per stage of the last workflow on `root`: status, last success, version, duration, stale or not, report."
     root = Path(root).expanduser().resolve(); state = read_state(root)
-    if not state.get("plan"): raise SphanaError(f"no workflow has run on {root} ({root/STATE_FILE} not found); run `sphana-trainer workflow run`")
+    if not state.get("plan"):
+        raise SphanaError(
+            f"no workflow has run on {root} ({root/STATE_FILE} not found); run `sphana-trainer workflow run`"
+        )
     rows = []
     for s in state["plan"]:
         st = Stage(**s); ent = state["stages"].get(st.name, {}); last = ent.get("last_success") or {}
         why = unavailable(st)
         try:
             now = None if why else stage_inputs(st, root, state)
-            stale = None if why else (not last or digest(now) != last.get("input_hash") or not outputs_exist(last.get("outputs") or {}))
-            if stale and last.get("inputs"): why = "changed: " + (", ".join(changed_keys(last["inputs"], now)) or "outputs missing")
+            stale = (
+                None
+                if why
+                else (not last or digest(now) != last.get("input_hash") or not outputs_exist(last.get("outputs") or {}))
+            )
+            if stale and last.get("inputs"):
+                why = "changed: " + (", ".join(changed_keys(last["inputs"], now)) or "outputs missing")
         except SphanaError as e: stale, why = True, str(e)
         out = last.get("outputs") or {}
-        rows.append({"stage": st.name, "status": ent.get("status") or ("not available" if why else "never run"), "last_success": last.get("finished"),
-                     "version": out.get("version"), "duration_s": last.get("duration_s"), "stale": stale, "note": why or ent.get("error"),
-                     "report": (out.get("report") or {}).get("html") or (str(Path(out["report_dir"])/"report.json") if out.get("report_dir") else None)})
+        rows.append(
+            {
+                "stage": st.name,
+                "status": ent.get("status") or ("not available" if why else "never run"),
+                "last_success": last.get("finished"),
+                "version": out.get("version"),
+                "duration_s": last.get("duration_s"),
+                "stale": stale,
+                "note": why or ent.get("error"),
+                "report": (
+                    (out.get("report") or {}).get("html")
+                    or (str(Path(out["report_dir"])/"report.json") if out.get("report_dir") else None)
+                ),
+            }
+        )
     return rows
 
 # %% ../nbs/70_workflow.ipynb #514ca80d
@@ -404,10 +493,16 @@ def changed_keys(old:dict, new:dict, prefix:str="") -> list[str]:
 def format_status(rows:list[dict]) -> str:
     "The status rows as a table."
     head = ("stage", "status", "last success", "version", "duration", "stale", "report")
-    body = [(r["stage"], r["status"], r["last_success"] or "-", r["version"] or "-", fmt_duration(r["duration_s"]) if r["duration_s"] is not None else "-",
-             {True: "yes", False: "no", None: "-"}[r["stale"]], r["report"] or "-") for r in rows]
+    body = [
+        (r["stage"], r["status"], r["last_success"] or "-", r["version"] or "-",
+         fmt_duration(r["duration_s"]) if r["duration_s"] is not None else "-",
+         {True: "yes", False: "no", None: "-"}[r["stale"]], r["report"] or "-")
+        for r in rows
+    ]
     w = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head) - 1)]
-    lines = ["  ".join(str(x).ljust(w[i]) for i, x in enumerate(row[:-1])) + "  " + str(row[-1]) for row in [head, *body]]
+    lines = [
+        "  ".join(str(x).ljust(w[i]) for i, x in enumerate(row[:-1])) + "  " + str(row[-1]) for row in [head, *body]
+    ]
     notes = [f"  {r['stage']}: {r['note']}" for r in rows if r.get("note")]
     return "\n".join(lines + (["notes:"] + notes if notes else []))
 
@@ -424,23 +519,47 @@ def plan_run(artifact_root:str|Path|None=None, # default `<workspace>/artifacts`
              report:bool=True, force:list|None=None) -> WorkflowSpec:
     "The stages of `workflow run`."
     root, sets, stages = Path(_abs(artifact_root) or ws_path("artifacts")), sets or {}, []
-    if ingest_config: stages.append(Stage("ingest", "ingest", _abs(ingest_config), params={"overrides": sets.get("ingest", {})}))
+    if ingest_config:
+        stages.append(Stage("ingest", "ingest", _abs(ingest_config), params={"overrides": sets.get("ingest", {})}))
     if build_datasets:
-        if not ingest_config: raise SphanaError("--build-datasets needs --ingest-config (the datasets are built from its output)")
+        if not ingest_config:
+            raise SphanaError("--build-datasets needs --ingest-config (the datasets are built from its output)")
         from sphana_trainer.ingest.pipeline import ingest_paths
         _, idir, cache = ingest_paths(ingest_stage_config(stages[0]))
         out = _abs(dataset_output_dir) or str(ws_path("datasets", Path(idir).name))
-        stages.append(Stage("build_datasets", "build_datasets", params={"ingest_dir": str(Path(idir).resolve()), "output_dir": out,
-                                                                        "parses_dir": str(Path(cache).resolve()/"parses"), **sets.get("datasets", {})}))
+        stages.append(
+            Stage(
+                "build_datasets",
+                "build_datasets",
+                params={"ingest_dir": str(Path(idir).resolve()), "output_dir": out,
+                        "parses_dir": str(Path(cache).resolve()/"parses"), **sets.get("datasets", {})},
+            )
+        )
     for c, path in (train_configs or {}).items():
         if path: stages.append(Stage(f"train_{c}", "train", _abs(path), c, {"overrides": sets.get(c, {})}))
     man = _abs(manifest)
-    if export_config: stages.append(Stage("export", "export", _abs(export_config), params={"overrides": sets.get("export", {}), "manifest": man}))
-    if package_config: stages.append(Stage("package", "package", _abs(package_config), params={"overrides": sets.get("package", {}), "manifest": man}))
+    if export_config:
+        stages.append(
+            Stage(
+                "export", "export", _abs(export_config), params={"overrides": sets.get("export", {}), "manifest": man}
+            )
+        )
+    if package_config:
+        stages.append(
+            Stage("package", "package", _abs(package_config),
+                  params={"overrides": sets.get("package", {}), "manifest": man})
+        )
     if promote_component:
         pm = str(Path(man).parent/"promoted.json") if man else None
-        stages.append(Stage("promote", "promote", params={"component": promote_component, "version": promote_version, "manifest": pm}))
-    if not stages: raise SphanaError("nothing to run: give at least one of --ingest-config, --<component>-config, --export-config, --package-config, --promote-component")
+        stages.append(
+            Stage("promote", "promote",
+                  params={"component": promote_component, "version": promote_version, "manifest": pm})
+        )
+    if not stages:
+        raise SphanaError(
+            "nothing to run: give at least one of --ingest-config, --<component>-config, --export-config,"
+            " --package-config, --promote-component"
+        )
     return WorkflowSpec(root, stages, report, list(force or []))
 
 # %% ../nbs/70_workflow.ipynb #ae015d8c
@@ -461,21 +580,31 @@ def plan_wiki(artifact_root=None, configs_dir:str|Path="configs", # folder with 
               api_url:str="https://en.wikipedia.org/w/api.php", full_content:bool=False, limit:int|None=None, rate:float=1.0,
               dataset_output_dir=None, manifest=None, mlflow:bool=True,
               sets:dict|None=None, report:bool=True, force:list|None=None) -> WorkflowSpec:
-    "The stages of `workflow wiki`: download the titles, ingest, build datasets, train each component with a wiki config, export, package."
+    ("The stages of `workflow wiki`: download the titles, ingest, build datasets, train each component with a wiki "
+     "config, export, package.")
     cd, sets = Path(configs_dir), dict(sets or {})
     ing = cd/"ingest"/"wiki.yaml"
-    if not ing.is_file(): raise SphanaError(f"{ing} not found; pass --configs-dir (a folder with ingest/wiki.yaml, embedding/wiki.yaml ...)")
+    if not ing.is_file():
+        raise SphanaError(
+            f"{ing} not found; pass --configs-dir (a folder with ingest/wiki.yaml, embedding/wiki.yaml ...)"
+        )
     docs = _abs(docs) or _abs(resolve_path(load_stage_config(ing, "ingest", sets.get("ingest", {})).input))
     sets["ingest"] = {**sets.get("ingest", {}), "input": docs}
     trains = {c: cd/c/"wiki.yaml" for c in WIKI_COMPONENTS if (cd/c/"wiki.yaml").is_file()}
     if mlflow:
         for c in trains: sets[c] = {"log_to_mlflow": True, **sets.get(c, {})}
     exp = cd/"export"/"wiki.yaml"
-    spec = plan_run(artifact_root, ing, trains, exp if exp.is_file() else None, exp if exp.is_file() else None, manifest=manifest,
-                    build_datasets=True, dataset_output_dir=dataset_output_dir or _wiki_datasets(trains), sets=sets, report=report, force=force)
+    spec = plan_run(artifact_root, ing, trains, exp if exp.is_file() else None, exp if exp.is_file() else None,
+                    manifest=manifest, build_datasets=True,
+                    dataset_output_dir=dataset_output_dir or _wiki_datasets(trains), sets=sets, report=report,
+                    force=force)
     titles = _abs(titles_file) if titles_file or titles_dir else _abs("samples/ai-ml-wiki-titles.small.txt")
-    dl = Stage("download_wiki", "download_wiki", params={"titles_file": titles, "titles_dir": _abs(titles_dir), "output": docs,
-               "api_url": api_url, "full_content": full_content, "limit": limit, "rate": rate, **sets.get("wiki", {})})
+    dl = Stage(
+        "download_wiki",
+        "download_wiki",
+        params={"titles_file": titles, "titles_dir": _abs(titles_dir), "output": docs, "api_url": api_url,
+                "full_content": full_content, "limit": limit, "rate": rate, **sets.get("wiki", {})},
+    )
     spec.stages.insert(0, dl); return spec
 
 def _wiki_datasets(trains:dict) -> str|None:

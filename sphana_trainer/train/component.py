@@ -104,7 +104,9 @@ Component.torch_infer = _torch_default
 
 def _compare(self, ref:list, got:list, rtol:float=0.01) -> dict:
     "Numeric parity of two output lists: max abs diff and max drift relative to the reference's scale."
-    diff = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max(initial=0)) for a, b in zip(ref, got))
+    diff = max(
+        float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max(initial=0)) for a, b in zip(ref, got)
+    )
     scale = max(float(np.abs(np.asarray(a, np.float64)).max(initial=0)) for a in ref) or 1.0
     rel = diff / scale
     return {"max_abs_diff": diff, "max_rel_drift": rel, "passed": rel < rtol,
@@ -112,7 +114,8 @@ def _compare(self, ref:list, got:list, rtol:float=0.01) -> dict:
 Component.compare = _compare
 
 def _compare_int8(self, ref:list, got:list, cfg) -> dict:
-    "int8 output check: finite outputs within `cfg.max_rel_drift_int8` of fp32's scale (the task metric is the real gate)."
+    ("int8 output check: finite outputs within `cfg.max_rel_drift_int8` of fp32's scale (the task metric is the real "
+     "gate).")
     r = _compare(self, ref, got, rtol=cfg.max_rel_drift_int8)   # the numeric check, whatever `compare` a component has
     ok = all(np.isfinite(np.asarray(g)).all() for g in got)
     return {**r, "passed": r["passed"] and ok, "failures": r["failures"] + ([] if ok else ["non-finite outputs"])}

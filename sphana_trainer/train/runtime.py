@@ -26,11 +26,14 @@ __all__ = ['TrainTask', 'RunResult', 'dist_info', 'is_main', 'barrier', 'init_di
 # %% ../../nbs/40_train.runtime.ipynb #aff938e9
 @dataclass
 class TrainTask:
-    "What a component gives the runtime: a module returning `{'loss', 'samples', 'tokens'}`, data, collate and evaluation."
+    ("What a component gives the runtime: a module returning `{'loss', 'samples', 'tokens'}`, data, collate and "
+     "evaluation.")
     module: nn.Module                       # `forward(batch) -> {'loss': tensor, 'samples': int, 'tokens': int}`
     train_data: Sequence                    # training records (indexable)
     collate: Callable                       # list of records -> batch (nested dicts/lists of tensors)
-    evaluate: Optional[Callable] = None     # `(module, device, autocast_dtype) -> {metric: value}`; None: no validation split
+    evaluate: Optional[Callable] = (
+        None  # `(module, device, autocast_dtype) -> {metric: value}`; None: no validation split
+    )
     metric: str = "loss"                    # key of `evaluate`'s result used for best/early stopping/threshold
     greater_is_better: bool = True
     lengths: Optional[Sequence] = None      # record lengths (tokens) for `group_by_length` batches
@@ -70,7 +73,10 @@ def init_distributed(cfg) -> torch.device:
     "Create the process group when launched by `torchrun` with `ddp: true`; return this process's device."
     import torch.distributed as dist
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not cfg.ddp: raise SphanaError(f"launched with WORLD_SIZE={world} but the config has ddp: false; set ddp: true (or run without torchrun)")
+    if world > 1 and not cfg.ddp:
+        raise SphanaError(
+            f"launched with WORLD_SIZE={world} but the config has ddp: false; set ddp: true (or run without torchrun)"
+        )
     dev = select_device(cfg.device)
     if world > 1 and not dist.is_initialized():
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -99,7 +105,9 @@ def make_optimizer(module:nn.Module, lr:float, weight_decay:float) -> torch.opti
     for n, p in module.named_parameters():
         if not p.requires_grad: continue
         (no_decay if p.ndim < 2 or "norm" in n.lower() else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
 
 def lr_factor(step:int, total:int, warmup:int, kind:str="linear") -> float:
     "Multiplier of the base learning rate at `step` (0-based)."
@@ -115,7 +123,8 @@ def make_scheduler(opt, total:int, warmup_ratio:float, kind:str):
 
 # %% ../../nbs/40_train.runtime.ipynb #22fca32d
 def epoch_batches(n:int, batch_size:int, seed:int, epoch:int, lengths=None) -> list[list[int]]:
-    "Batches of record indices for `epoch`: a permutation from `seed + epoch`, split by `batch_size` (DDP: this rank's share)."
+    ("Batches of record indices for `epoch`: a permutation from `seed + epoch`, split by `batch_size` (DDP: this "
+     "rank's share).")
     rank, world = dist_info()
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler
@@ -129,7 +138,8 @@ def epoch_batches(n:int, batch_size:int, seed:int, epoch:int, lengths=None) -> l
 
 # %% ../../nbs/40_train.runtime.ipynb #784ba74f
 def bucket_batches(order:list, lengths, batch_size:int, seed:int, epoch:int, window:int=50) -> list[list[int]]:
-    "Batches of similar `lengths` from a shuffled `order`: sorted within windows of `window` batches, batch order shuffled."
+    ("Batches of similar `lengths` from a shuffled `order`: sorted within windows of `window` batches, batch order "
+     "shuffled.")
     w, out = batch_size * window, []
     for s in range(0, len(order), w):
         chunk = sorted(order[s:s + w], key=lambda i: lengths[i])
@@ -147,7 +157,8 @@ def rng_state() -> dict:
     "Python, NumPy and torch RNG states as tensors/lists."
     v, st, g = random.getstate()
     name, keys, pos, has_g, cg = np.random.get_state()
-    out = {"python": [v, list(st), g], "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_g), float(cg)],
+    out = {"python": [v, list(st), g],
+           "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_g), float(cg)],
            "torch": torch.get_rng_state()}
     if torch.cuda.is_available(): out["cuda"] = torch.cuda.get_rng_state_all()
     return out
@@ -162,7 +173,11 @@ def set_rng_state(s:dict):
 # %% ../../nbs/40_train.runtime.ipynb #8e3febbb
 def list_checkpoints(run_dir:Path) -> list[Path]:
     "Complete checkpoint folders of a run, oldest first."
-    return sorted(p for p in (Path(run_dir)/"checkpoints").glob("step-*") if (p/"state.pt").is_file() and (p/"info.json").is_file())
+    return sorted(
+        p
+        for p in (Path(run_dir)/"checkpoints").glob("step-*")
+        if (p/"state.pt").is_file() and (p/"info.json").is_file()
+    )
 
 def save_checkpoint(run_dir:Path, state:dict, info:dict) -> Path:
     "Write `state` (+ `info.json`) as `checkpoints/step-<step>` atomically."
@@ -200,7 +215,11 @@ class MetricsLog:
         self.path = Path(path)
         if not is_main(): return
         if resume_step is not None and self.path.exists():
-            keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+            keep = [
+                l
+                for l in self.path.read_text().splitlines()
+                if l.strip() and json.loads(l).get("step", 0) <= resume_step
+            ]
             self.path.write_text("".join(l + "\n" for l in keep))
         elif resume_step is None: self.path.write_text("")
 
@@ -210,14 +229,16 @@ class MetricsLog:
 
 # %% ../../nbs/40_train.runtime.ipynb #23f71dae
 def default_tracking_uri() -> str:
-    "`sqlite:///<workspace>/mlruns/mlflow.db` (MLflow 3 keeps its file store in maintenance mode and refuses it by default)."
+    ("`sqlite:///<workspace>/mlruns/mlflow.db` (MLflow 3 keeps its file store in maintenance mode and refuses it by "
+     "default).")
     return f"sqlite:///{ws_path('mlruns')/'mlflow.db'}"
 
 def mlflow_setup(cfg):
     "Import MLflow, point it at `cfg.mlflow_tracking_uri` (default: the workspace store) and select the experiment."
     import mlflow
     uri = cfg.mlflow_tracking_uri or default_tracking_uri()
-    if uri.startswith("file:") or "://" not in uri: os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # an explicit file store still works
+    if uri.startswith("file:") or "://" not in uri:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # an explicit file store still works
     mlflow.set_tracking_uri(uri)
     if not cfg.mlflow_tracking_uri and mlflow.get_experiment_by_name(cfg.mlflow_experiment) is None:
         try: mlflow.create_experiment(cfg.mlflow_experiment, artifact_location=(ws_path("mlruns")/"artifacts").as_uri())
@@ -238,12 +259,21 @@ class Mlflow:
         if old and (active is None or active.info.run_id != old):
             self.run = mlflow.start_run(run_id=old, nested=active is not None); self.own = True
         else:
-            self.run = mlflow.start_run(run_name=cfg.mlflow_run_name or Path(run_dir).name, nested=active is not None); self.own = True
+            self.run = mlflow.start_run(run_name=cfg.mlflow_run_name or Path(run_dir).name, nested=active is not None)
+            self.own = True
             if params: mlflow.log_params({k: (str(v)[:500]) for k, v in params.items()})
         atomic_write_json(info, {"run_id": self.run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
 
     def log(self, metrics:dict, step:int):
-        if self.on: self.mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}, step=step)
+        if self.on:
+            self.mlflow.log_metrics(
+                {
+                    k.replace("@", "_at_"): float(v)
+                    for k, v in metrics.items()
+                    if isinstance(v, (int, float)) and v is not None
+                },
+                step=step,
+            )
 
     def artifacts(self, path:Path):
         if self.on and Path(path).exists():
@@ -279,7 +309,8 @@ def _resolve_resume(resume, run_dir:Path) -> Path|None:
     if resume in (None, ""): return None
     if resume == "latest":
         ck = list_checkpoints(run_dir)
-        if not ck: raise SphanaError(f"--resume latest: no checkpoint under {run_dir}/checkpoints; start without --resume")
+        if not ck:
+            raise SphanaError(f"--resume latest: no checkpoint under {run_dir}/checkpoints; start without --resume")
         return ck[-1]
     p = Path(resume)
     if not (p/"state.pt").is_file() and not p.is_file():
@@ -354,8 +385,8 @@ def state(self:_Loop) -> dict:
     es = {"best": self.best, "best_step": self.best_step, "bad": self.bad, "stopped": self.stopped,
           "best_ckpt": str(self.best_ckpt.name) if self.best_ckpt else None}
     return {"model": self.module.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": rng_state(), "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "early_stopping": es, "best_eval": self.best_eval, "history": self.history,
+            "scaler": self.scaler.state_dict(), "rng": rng_state(), "epoch": self.epoch, "batch": self.batch,
+            "step": self.step, "early_stopping": es, "best_eval": self.best_eval, "history": self.history,
             "last_eval_step": self.last_eval_step, "epoch_acc": ep}
 
 @patch
@@ -379,14 +410,20 @@ def evaluate(self:_Loop) -> dict:
     rec = {"type": "eval", "epoch": self.epoch, "step": self.step}
     if self.task.evaluate is None: return rec
     t0 = time.perf_counter(); m = self.task.evaluate(self.module, self.device, self.dtype)
-    rec.update(m); rec["eval_seconds"] = round(time.perf_counter() - t0, 3); rec["metric"] = val = m.get(self.task.metric)
-    if _better(val, self.best, self.task.greater_is_better): self.best, self.best_step, self.bad, self.best_eval = val, self.step, 0, dict(m)
-    else: self.bad += 1
+    rec.update(m); rec["eval_seconds"] = round(time.perf_counter() - t0, 3)
+    rec["metric"] = val = m.get(self.task.metric)
+    if _better(val, self.best, self.task.greater_is_better):
+        self.best, self.best_step, self.bad, self.best_eval = val, self.step, 0, dict(m)
+    else:
+        self.bad += 1
     p = self.cfg.early_stopping_patience
     if p and self.bad >= p:
         self.stopped = True
         if is_main(): self.log.info(f"early stopping: {self.task.metric} did not improve for {p} evaluations")
-    if is_main(): self.log.info(f"eval step {self.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
+    if is_main():
+        self.log.info(
+            f"eval step {self.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+        )
     return rec
 
 @patch
@@ -395,11 +432,14 @@ def evaluate_and_checkpoint(self:_Loop):
     if self.last_eval_step == self.step: return
     self.last_eval_step = self.step
     rec = self.evaluate()
-    self.history.append(rec); self.metrics.write(rec); self.ml.log({k: v for k, v in rec.items() if k not in ("type", "step")}, self.step)
+    self.history.append(rec); self.metrics.write(rec)
+    self.ml.log({k: v for k, v in rec.items() if k not in ("type", "step")}, self.step)
     self.last_ckpt = self.run_dir/"checkpoints"/f"step-{self.step:07d}"
     if self.best_step == self.step: self.best_ckpt = self.last_ckpt
     if is_main():
-        save_checkpoint(self.run_dir, self.state(), {"step": self.step, "epoch": self.epoch, "metric": rec.get("metric")})
+        save_checkpoint(
+            self.run_dir, self.state(), {"step": self.step, "epoch": self.epoch, "metric": rec.get("metric")}
+        )
         prune_checkpoints(self.run_dir, self.cfg.checkpoint_keep, self.best_ckpt)
     barrier()
 
@@ -413,7 +453,8 @@ def micro(self:_Loop, batch, last:bool):
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None): out = self.model(batch)
         loss = out["loss"].float() / self.cfg.grad_accum_steps
         self.scaler.scale(loss).backward()
-    s = self.st; s["loss"] += float(loss.detach()); s["samples"] += int(out.get("samples", 0)); s["tokens"] += int(out.get("tokens", 0))
+    s = self.st; s["loss"] += float(loss.detach()); s["samples"] += int(out.get("samples", 0))
+    s["tokens"] += int(out.get("tokens", 0))
 
 # %% ../../nbs/40_train.runtime.ipynb #562b1813
 @patch
@@ -456,9 +497,12 @@ def run_epoch(self:_Loop, prof, prog):
 def end_epoch(self:_Loop):
     ep, el = self.ep, self.ep["seconds"] + time.perf_counter() - self.t_ep
     if ep["n"]:
-        self.metrics.write({"type": "epoch", "epoch": self.epoch, "step": self.step, "loss": ep["loss"] / ep["n"],
-                            "epoch_seconds": round(el, 3), "samples_per_s": ep["samples"] / el, "tokens_per_s": ep["tokens"] / el,
-                            "samples": ep["samples"], **({"pad_share": ep["pad_share"]} if "pad_share" in ep else {}), "memory_mb": round(device_memory_mb(self.device), 1)})
+        self.metrics.write(
+            {"type": "epoch", "epoch": self.epoch, "step": self.step, "loss": ep["loss"] / ep["n"],
+             "epoch_seconds": round(el, 3), "samples_per_s": ep["samples"] / el, "tokens_per_s": ep["tokens"] / el,
+             "samples": ep["samples"], **({"pad_share": ep["pad_share"]} if "pad_share" in ep else {}),
+             "memory_mb": round(device_memory_mb(self.device), 1)}
+        )
     self.epoch, self.batch, self.ep, self.t_ep = self.epoch + 1, 0, _zero_acc(), time.perf_counter()
     if not self.cfg.eval_every_steps: self.evaluate_and_checkpoint()
 
@@ -470,7 +514,11 @@ def run(self:_Loop, resume=None) -> RunResult:
     if ck is not None: self.restore(ck)
     self.metrics = MetricsLog(self.run_dir/"metrics.jsonl", self.step if ck is not None else None)
     prof = make_profiler(cfg.profile_steps, self.run_dir/"profile", self.device) if is_main() else None
-    prog = Progress(self.total, f"Training {cfg.component}", log_interval=cfg.progress_log_interval, unit="steps") if is_main() else None
+    prog = (
+        Progress(self.total, f"Training {cfg.component}", log_interval=cfg.progress_log_interval, unit="steps")
+        if is_main()
+        else None
+    )
     if prog: prog.update(self.step)
     t_start = time.perf_counter(); self.model.train()
     while self.epoch < cfg.epochs and self.step < self.total and not self.stopped: self.run_epoch(prof, prog)
@@ -509,5 +557,7 @@ def check_threshold(cfg, result:RunResult, metric:str, greater_is_better:bool=Tr
     v = result.best_metric
     if v is not None and (v >= thr if greater_is_better else v <= thr): return
     shown = "n/a" if v is None else f"{v:.4f}"
-    raise SphanaError(f"validation {metric} = {shown} {'is below' if greater_is_better else 'is above'} metric_threshold {thr}; "
-                      f"the artifact was not published (run kept in {result.run_dir}); improve training or lower metric_threshold")
+    raise SphanaError(
+        f"validation {metric} = {shown} {'is below' if greater_is_better else 'is above'} metric_threshold {thr}; "
+        f"the artifact was not published (run kept in {result.run_dir}); improve training or lower metric_threshold"
+    )

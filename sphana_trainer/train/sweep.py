@@ -41,8 +41,10 @@ def _table(rows:list, keys:list, metric:str) -> str:
     "Markdown table of the trials."
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     head = "| rank | " + " | ".join(keys) + f" | {metric} | steps |\n|" + "---|" * (len(keys) + 3) + "\n"
-    return head + "".join(f"| {i + 1} | " + " | ".join(fmt(r["point"][k]) for k in keys) + f" | {r['metric']:.4f} | {r['steps']} |\n"
-                          for i, r in enumerate(rows))
+    return head + "".join(
+        f"| {i + 1} | " + " | ".join(fmt(r["point"][k]) for k in keys) + f" | {r['metric']:.4f} | {r['steps']} |\n"
+        for i, r in enumerate(rows)
+    )
 
 # %% ../../nbs/42_train.sweep.ipynb #bd37e160
 def _trial(cfg, i:int, point:dict, name:str, sweep_dir:Path) -> dict:
@@ -51,11 +53,14 @@ def _trial(cfg, i:int, point:dict, name:str, sweep_dir:Path) -> dict:
                                 "export": cfg.export.model_copy(update={"enabled": False})})
     r = run_train(type(cfg).model_validate(tc.model_dump()), publish=False)
     metric = getattr(cfg, "metric", None) or get_component(cfg.component).metric
-    return {"trial": i, "point": point, "metric": r.metrics.get(metric, float("nan")), "metrics": r.metrics, "steps": r.steps}
+    return {"trial": i, "point": point, "metric": r.metrics.get(metric, float("nan")), "metrics": r.metrics,
+            "steps": r.steps}
 
 def _best_yaml(cfg, best:dict, name:str, metric:str, path:Path) -> Path:
     d = cfg.model_dump(mode="json", exclude={"version", "output_dir", "mlflow_run_name"}); d.update(best["point"])
-    return atomic_write(path, f"# best of sweep {name}: {metric} = {best['metric']:.4f}\n" + yaml.safe_dump(d, sort_keys=False))
+    return atomic_write(
+        path, f"# best of sweep {name}: {metric} = {best['metric']:.4f}\n" + yaml.safe_dump(d, sort_keys=False)
+    )
 
 # %% ../../nbs/42_train.sweep.ipynb #34ddf029
 def run_sweep(cfg, # base config of any component
@@ -63,7 +68,8 @@ def run_sweep(cfg, # base config of any component
               name:str|None=None, # sweep name (default: `sweep-<version>`)
              ) -> SweepResult:
     "Train every grid point (no export, nothing published), rank by the validation metric, write `best.yaml`."
-    if dataset_files(cfg)[1] is None: raise SphanaError("sweep needs a validation split to rank trials; add validation.jsonl (or validation_file)")
+    if dataset_files(cfg)[1] is None:
+        raise SphanaError("sweep needs a validation split to rank trials; add validation.jsonl (or validation_file)")
     comp, grid, log = get_component(cfg.component), sweep_grid(cfg, axes), get_logger()
     metric = getattr(cfg, "metric", None) or comp.metric
     name = name or f"sweep-{new_version()}"
@@ -75,12 +81,14 @@ def run_sweep(cfg, # base config of any component
     try:
         rows = []
         for i, point in enumerate(grid):
-            log.info(f"sweep {name}: trial {i + 1}/{len(grid)} {point}"); rows.append(_trial(cfg, i, point, name, sweep_dir))
+            log.info(f"sweep {name}: trial {i + 1}/{len(grid)} {point}")
+            rows.append(_trial(cfg, i, point, name, sweep_dir))
         sign = 1 if comp.better(metric) else -1
         rows.sort(key=lambda r: -sign * r["metric"] if not math.isnan(r["metric"]) else math.inf)
         best_path = _best_yaml(cfg, rows[0], name, metric, sweep_dir/"best.yaml")
         table = _table(rows, list(grid[0]), metric)
-        atomic_write(sweep_dir/"summary.md", table); atomic_write_json(sweep_dir/"summary.json", {"metric": metric, "trials": rows})
+        atomic_write(sweep_dir/"summary.md", table)
+        atomic_write_json(sweep_dir/"summary.json", {"metric": metric, "trials": rows})
         if parent is not None:
             mlflow.log_metrics({f"best_{metric.replace('@', '_at_')}": rows[0]["metric"]})
             for f in ("summary.md", "summary.json", "best.yaml"): mlflow.log_artifact(str(sweep_dir/f))
