@@ -21,7 +21,8 @@ DATA = sample_data_dir()/"llm"
 def tiny(tmp_path_factory):
     "A tiny random Llama whose tokenizer was trained on the bundled QA text."
     recs = read_qa(DATA/"train.jsonl") + read_qa(DATA/"validation.jsonl")
-    return tiny_causal_lm(tmp_path_factory.mktemp("llm")/"tiny", [f"{r['question']} {r.get('context', '')} {r['answer']}" for r in recs])
+    texts = [f"{r['question']} {r.get('context', '')} {r['answer']}" for r in recs]
+    return tiny_causal_lm(tmp_path_factory.mktemp("llm")/"tiny", texts)
 
 def write_cfg(path, model, **extra):
     base = {"component": "llm", "model_name": str(model), "dataset_path": str(DATA), "epochs": 2, "batch_size": 8,
@@ -35,10 +36,12 @@ def write_cfg(path, model, **extra):
 def art(ws): return Path(ws)/"artifacts"/"llm"
 
 def test_seed_config_loads(tmp_path):
-    (tmp_path/"seed.yaml").write_text('llm:\n  model_name: "Qwen/Qwen2-0.5B-Instruct"\n  quantize: true\n  max_seq_length: 2048\n'
+    (tmp_path/"seed.yaml").write_text('llm:\n  model_name: "Qwen/Qwen2-0.5B-Instruct"\n  quantize: true\n'
+                                      '  max_seq_length: 2048\n'
                                       '  epochs: 1\n  batch_size: 2\n  learning_rate: 1e-5\n')
     c = load_config(tmp_path/"seed.yaml", "llm")
-    assert (c.model_name, c.max_length, c.epochs, c.batch_size, c.learning_rate) == ("Qwen/Qwen2-0.5B-Instruct", 2048, 1, 2, 1e-5)
+    assert (c.model_name, c.max_length, c.epochs, c.batch_size, c.learning_rate) == \
+        ("Qwen/Qwen2-0.5B-Instruct", 2048, 1, 2, 1e-5)
     assert c.quantize and c.export.quantize
     assert not config_from_dict({"quantize": False}, "llm").export.quantize
     for f in (ROOT/"configs"/"llm").glob("*.yaml"): load_config(f, "llm")
@@ -79,7 +82,8 @@ def test_kill_resume_exact(tmp_path, tiny):
     assert not (art(tmp_path/"b")/"latest.json").exists()
     r = cli(["train", "llm", "--config", str(cfg), "--resume", "latest"], tmp_path/"b")
     assert "resumed from" in r.stderr
-    last = lambda ws: torch.load(art(ws)/".runs"/"v1"/"checkpoints"/"step-0000010"/"state.pt", weights_only=True)["model"]
+    ckpt = lambda ws: art(ws)/".runs"/"v1"/"checkpoints"/"step-0000010"/"state.pt"
+    last = lambda ws: torch.load(ckpt(ws), weights_only=True)["model"]
     la, lb = last(tmp_path/"a"), last(tmp_path/"b")
     assert la.keys() == lb.keys() and all(torch.equal(la[k], lb[k]) for k in la)
     ev = lambda ws: [json.loads(l) for l in (art(ws)/"v1"/"metrics.jsonl").read_text().splitlines() if '"eval"' in l]
@@ -94,7 +98,8 @@ def test_train_export_onnx_greedy_parity(tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("SPHANA_WORKSPACE", str(tmp_path/"ws"))
     from sphana_trainer.lifecycle import run_train, run_evaluate
     cfg = load_config(write_cfg(tmp_path/"c.yaml", tiny, epochs=1, max_steps=3, eval_every_steps=None,
-                                export={"parity_samples": 4, "batch_size": 2, "int8_candidates": ["dynamic_per_channel"],
+                                export={"parity_samples": 4, "batch_size": 2, "quantize_exclude": [],
+                                        "int8_candidates": ["weight_only", "dynamic_per_channel"],
                                         "max_metric_drop_int8": 10.0}), "llm")
     res = run_train(cfg)
     out = art(tmp_path/"ws")/"v1"
@@ -111,23 +116,27 @@ def test_train_export_onnx_greedy_parity(tmp_path, tiny, monkeypatch):
     assert pt == ox and sum(map(len, pt)) > 0
     # the same greedy tokens one prompt at a time (no padding) as in a left-padded batch
     assert [greedy_generate(ort_infer(out/"onnx"/"model.onnx"), [p], *args)[0] for p in prompts[:3]] == ox[:3]
-    if meta["onnx"].get("int8"):
-        q = greedy_generate(ort_infer(out/"onnx"/"model.quant.onnx"), prompts, *args)
-        assert len(q) == len(prompts)
-    else: assert meta["parity"]["int8_reason"]
+    # both int8 recipes (weight-only blockwise = MatMulNBits, dynamic per-channel) were built, judged, one shipped
+    cands = {c["recipe"]: c for c in meta["parity"]["int8_candidates"]}
+    assert set(cands) == {"weight_only", "dynamic_per_channel"} and all(c["passed"] for c in cands.values()), cands
+    assert meta["onnx"]["int8"] == "onnx/model.quant.onnx" and meta["parity"]["int8"]["recipe"] in cands
+    q = greedy_generate(ort_infer(out/"onnx"/"model.quant.onnx"), prompts, *args)
+    assert len(q) == len(prompts) and all(len(x) <= 12 for x in q)
     # evaluate through the lifecycle: checkpoint (PyTorch) and the fp32 ONNX model give the same scores
     a = run_evaluate("llm", DATA/"validation.jsonl", version="v1")["metrics"]
     b = run_evaluate("llm", DATA/"validation.jsonl", version="v1", onnx="fp32")["metrics"]
     assert {"exact_match", "token_f1", "perplexity", "eval_loss"} <= set(a)
-    assert abs(a["eval_loss"] - b["eval_loss"]) < 1e-3 and a["token_f1"] == b["token_f1"] and a["exact_match"] == b["exact_match"]
+    assert abs(a["eval_loss"] - b["eval_loss"]) < 1e-3
+    assert a["token_f1"] == b["token_f1"] and a["exact_match"] == b["exact_match"]
     assert abs(a["eval_loss"] - res.metrics["eval_loss"]) < 1e-3
 
 def test_lora_merged_checkpoint(tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("SPHANA_WORKSPACE", str(tmp_path/"ws"))
     from sphana_trainer.lifecycle import run_train
     from safetensors.torch import load_file
-    cfg = load_config(write_cfg(tmp_path/"c.yaml", tiny, max_steps=2, eval_every_steps=None, gradient_checkpointing=True,
-                                lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}), "llm")
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    cfg = load_config(write_cfg(tmp_path/"c.yaml", tiny, max_steps=2, eval_every_steps=None,
+                                gradient_checkpointing=True, lora=lora), "llm")
     task = COMPONENT.build(cfg, read_qa(DATA/"train.jsonl")[:4], None)
     trainable = [n for n, p in task.module.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -140,8 +149,14 @@ def test_lora_merged_checkpoint(tmp_path, tiny, monkeypatch):
 
 def test_evaluate_cli_base_model(tmp_path, tiny):
     out = tmp_path/"ev.json"
-    cli(["evaluate", "llm", "--data", str(DATA/"validation.jsonl"), "--model", str(tiny), "--output", str(out)], tmp_path/"ws")
+    cli(["evaluate", "llm", "--data", str(DATA/"validation.jsonl"), "--model", str(tiny), "--output", str(out)],
+        tmp_path/"ws")
     m = json.loads(out.read_text())["metrics"]
     assert 0 <= m["token_f1"] <= 1 and m["perplexity"] > 1
     r = cli(["evaluate", "llm", "--data", str(tmp_path/"none.jsonl"), "--model", str(tiny)], tmp_path/"ws", check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    # a prompt longer than max_length (512 by default) even without context: one clear line, exit 2
+    write_jsonl(tmp_path/"long.jsonl", [{"question": "Who? " * 600, "answer": "Ann."}])
+    r = cli(["evaluate", "llm", "--data", str(tmp_path/"long.jsonl"), "--model", str(tiny)], tmp_path/"ws", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "record 1: question and answer take" in r.stderr and "more than max_length 512" in r.stderr
