@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import click, typer, typer.core, typer.main
 from typer.core import TyperGroup
 from .core import SphanaError, set_verbose
+from .schemas import validate_jsonl, dataset_stats
 
 # %% auto #0
 __all__ = ['app', 'COMMAND_MODULES', 'DatasetKind', 'dataset_validate', 'dataset_stats_cmd', 'main', 'iter_commands']
@@ -54,7 +55,6 @@ def dataset_validate(
     max_errors: Annotated[int, typer.Option(help="Stop after this many errors (0 = report all)")] = 0,
 ):
     "Check every line of a dataset against its schema; report each bad line (line, field, reason). Exit 2 if any."
-    from sphana_trainer.schemas import validate_jsonl
     rep = validate_jsonl(path, type.value, max_errors or None)
     for line in rep.lines(): typer.echo(line)
     typer.echo(f"{rep.path}: {rep.records} records, {len(rep.errors)} errors ({type.value})")
@@ -67,7 +67,6 @@ def dataset_stats_cmd(
         "--type", "-t", help="Dataset format (inferred when omitted)")] = None,
 ):
     "Record count, field and label distributions, text-length percentiles, duplicates (GNN: graph sizes). Prints JSON."
-    from sphana_trainer.schemas import dataset_stats
     typer.echo(json.dumps(dataset_stats(path, type.value if type else None), indent=2))
 
 # %% ../nbs/80_cli.ipynb #fe179488

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 import typer
 from .core import SphanaError, get_logger
+from .config import load_config, resolve_path
+from .ingest.pipeline import run_ingest, ingest_paths, cache_models
+from .ingest.validate import validate_ingest
 
 # %% auto #0
 __all__ = ['register']
@@ -16,7 +19,6 @@ __all__ = ['register']
 # %% ../nbs/82_cli.ingest.ipynb #49a57b49
 def _load(config:Path, **overrides):
     "The ingest config at `config`; an input that does not exist is reported against the config file."
-    from sphana_trainer.config import load_config, resolve_path
     cfg = load_config(config, "ingest", overrides)
     inp = resolve_path(cfg.input)
     if not inp.exists():
@@ -61,7 +63,6 @@ def register(app):
     ):
         ("Chunk, parse and extract relation triples from documents into chunks.jsonl + relations.jsonl (cached, "
          "shardable, torchrun-aware).")
-        from sphana_trainer.ingest.pipeline import run_ingest
         cfg = _load(config, output_dir=str(output_dir) if output_dir else None, use_cache=False if no_cache else None)
         res = run_ingest(cfg, num_shards, shard_index)
         if int(os.environ.get("RANK", "0") or 0) == 0 or num_shards is not None:
@@ -82,11 +83,8 @@ def register(app):
     ):
         ("Check an ingest folder: files, every line against its schema, relations pointing at real chunks and text. "
          "Exit 2 on errors.")
-        from sphana_trainer.ingest.validate import validate_ingest
         if dir is None:
             if config is None: raise SphanaError("pass --config (an ingest config) or --dir (an ingest folder)")
-            from sphana_trainer.config import load_config
-            from sphana_trainer.ingest.pipeline import ingest_paths
             dir = ingest_paths(load_config(config, "ingest"))[1]
         v = validate_ingest(dir, chunks_schema, relations_schema, stats)
         for line in v.lines(max_errors or None): typer.echo(line)
@@ -107,9 +105,7 @@ def register(app):
     ):
         ("Download and cache the models ingestion needs; says where they are, or what failed and how to install "
          "offline. Exit 2 on failure.")
-        from sphana_trainer.ingest.pipeline import cache_models
         if config is not None:
-            from sphana_trainer.config import load_config
             cfg = load_config(config, "ingest")
             spacy_model = spacy_model or (cfg.spacy_model if cfg.parser == "spacy" else None)
             stanza_lang = stanza_lang or (cfg.stanza_lang if cfg.parser == "stanza" else None)

@@ -12,6 +12,11 @@ from typing import Annotated, Optional
 import typer
 import yaml
 from .core import SphanaError
+from .release.manifest import _lifecycle, load_release_config, onnx_settings, run_export
+from .release.package import run_package, verify_package
+from .release.registry import (bundle, diff_versions, format_diff, format_list, list_artifacts,
+                                             parity_samples, promote)
+from .core import ws_path
 
 # %% ../nbs/85_cli.release.ipynb #c62c2aed
 def parse_sets(items:list[str]|None) -> dict:
@@ -34,7 +39,6 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON")]
 # %% ../nbs/85_cli.release.ipynb #7efa9e52
 def _reexport(component:str, run:str, cfg_path:Path|None, sets:list|None, root:Path|None, version:str|None):
     "Re-export one trained run: the release config's ONNX settings for it, then `--set` values."
-    from sphana_trainer.release.manifest import _lifecycle, load_release_config, onnx_settings
     over = {"export": onnx_settings(load_release_config(cfg_path), component)} if cfg_path else {}
     for k, v in parse_sets(sets).items():
         over[k] = {**over[k], **v} if isinstance(v, dict) and isinstance(over.get(k), dict) else v
@@ -52,7 +56,6 @@ def _export(config, component, run, sets, version, artifact_root, manifest):
         return _reexport(component, run, config, sets, artifact_root, version)
     if config is None:
         raise SphanaError("export: pass --config (e.g. configs/export/base.yaml), or --component NAME --run VERSION")
-    from sphana_trainer.release.manifest import load_release_config, run_export
     r = run_export(load_release_config(config), artifact_root, manifest)
     for c, v in r.versions.items():
         e = r.manifest["components"][c]; par = e["parity"].get("samples") or e["parity"]["fp32"]
@@ -66,30 +69,23 @@ def _package(ctx:typer.Context, config, artifact_root, manifest, output):
     if ctx.invoked_subcommand is not None: return
     if config is None:
         raise SphanaError("package: pass --config (e.g. configs/export/base.yaml), or use `package verify PATH`")
-    from sphana_trainer.release.manifest import load_release_config
-    from sphana_trainer.release.package import run_package
     r = run_package(load_release_config(config), artifact_root, manifest, output)
     typer.echo(f"package: {r.path}\nsha256: {r.sha256}\n{len(r.members)} members, {r.bytes} bytes")
 
 def _verify(path:Path):
-    from sphana_trainer.release.package import verify_package
     for line in verify_package(path).lines(): typer.echo(line)
     typer.echo("OK")
 
 # %% ../nbs/85_cli.release.ipynb #51f08d39
 def _list(artifact_root, as_json):
-    from sphana_trainer.release.registry import format_list, list_artifacts
     rows = list_artifacts(artifact_root)
     typer.echo(json.dumps(rows, indent=2) if as_json else format_list(rows))
 
 def _diff(component, v1, v2, artifact_root, as_json):
-    from sphana_trainer.release.registry import diff_versions, format_diff
     df = diff_versions(artifact_root, component, v1, v2)
     typer.echo(json.dumps(df, indent=2) if as_json else format_diff(df))
 
 def _promote(component, version, artifact_root, manifest, reason, force, require_int8):
-    from sphana_trainer.release.registry import promote
-    from sphana_trainer.core import ws_path
     man = manifest or ws_path("manifests", "promoted.json")
     e = promote(artifact_root, component, version, man, reason, force, require_int8)["components"][component]
     forced = f" (forced over: {'; '.join(e['promotion']['gate_failures'])})" if e["promotion"]["forced"] else ""
@@ -97,11 +93,9 @@ def _promote(component, version, artifact_root, manifest, reason, force, require
 
 # %% ../nbs/85_cli.release.ipynb #d7add622
 def _bundle(component, version, dest, artifact_root):
-    from sphana_trainer.release.registry import bundle
     typer.echo(f"bundle: {bundle(artifact_root, component, version, dest)}")
 
 def _samples(component, version, output, artifact_root, n):
-    from sphana_trainer.release.registry import parity_samples
     typer.echo(f"parity samples: {parity_samples(artifact_root, component, version, output, n)}")
 
 # %% ../nbs/85_cli.release.ipynb #690e5a62

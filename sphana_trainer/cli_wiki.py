@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 import typer
+from .ingest.wiki import run_download_wiki
 
 # %% auto #0
 __all__ = ['register']
@@ -43,7 +44,6 @@ def register(app):
         progress_log_interval: Annotated[float, typer.Option(help="Log a progress line every this many percent")] = 10,
     ):
         "Download the plain text of Wikipedia pages as {id,title,text} lines; resumes an interrupted download."
-        from sphana_trainer.ingest.wiki import run_download_wiki
         res = run_download_wiki(titles_file, titles_dir, output, api_url=api_url, full_content=full_content,
                                 limit=limit, rate=rate, batch_size=batch_size, max_retries=max_retries,
                                 maxlag=maxlag or None, timeout=timeout, contact=contact, user_agent=user_agent,

@@ -7,6 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 import typer
+from .workflow import (format_status, parse_sets, pin_promoted_version, plan_run, plan_wiki, run_workflow,
+                                     workflow_status)
+import json
+from .core import ws_path
 
 # %% auto #0
 __all__ = ['Opt', 'Cfg', 'Root', 'Sets', 'Force', 'Report', 'Manifest', 'register']
@@ -37,7 +41,8 @@ Manifest = Annotated[Optional[Path],
 
 def _finish(rep:dict):
     "Print where things are; exit non-zero when a stage failed."
-    reports = [r["report"]["html"] for r in rep["stages"] if isinstance(r.get("report"), dict) and r["report"].get("html")]
+    reports = [r["report"]["html"] for r in rep["stages"]
+               if isinstance(r.get("report"), dict) and r["report"].get("html")]
     if rep.get("package"): typer.echo(f"package: {rep['package']}")
     if rep["manifest"]["path"]: typer.echo(f"manifest: {rep['manifest']['path']}")
     for h in reports: typer.echo(f"report: {h}")
@@ -50,16 +55,13 @@ def _finish(rep:dict):
         raise typer.Exit(2 if failed[0].get("user_error") else 1)
 
 # %% ../nbs/86_cli.workflow.ipynb #47ab60c5
-def _run(artifact_root, ingest, configs, export, package, promote_component, promote_version, manifest, build, ds_dir, sets, force, report):
-    from sphana_trainer.workflow import parse_sets, pin_promoted_version, plan_run, run_workflow
+def _run(artifact_root, ingest, configs, export, package, promote_component, promote_version, manifest, build, ds_dir,
+         sets, force, report):
     spec = plan_run(artifact_root, ingest, configs, export, package, promote_component, promote_version, manifest,
                     build, ds_dir, parse_sets(sets), report, force)
     _finish(run_workflow(pin_promoted_version(spec), typer.echo))
 
 def _status(artifact_root, as_json):
-    import json
-    from sphana_trainer.core import ws_path
-    from sphana_trainer.workflow import format_status, workflow_status
     rows = workflow_status(artifact_root or ws_path("artifacts"))
     typer.echo(json.dumps(rows, indent=2) if as_json else format_status(rows))
 
@@ -71,8 +73,9 @@ def register(app):
                           "resumably.")
     app.add_typer(wf, name="workflow")
     @wf.command("run")
-    def run(ingest_config: Cfg("Ingest") = None, embedding_config: Cfg("Embedding") = None, relation_config: Cfg("Relation") = None,
-            gnn_config: Cfg("GNN") = None, ner_config: Cfg("NER") = None, llm_config: Cfg("LLM") = None,
+    def run(ingest_config: Cfg("Ingest") = None, embedding_config: Cfg("Embedding") = None,
+            relation_config: Cfg("Relation") = None, gnn_config: Cfg("GNN") = None, ner_config: Cfg("NER") = None,
+            llm_config: Cfg("LLM") = None,
             export_config: Cfg("Release (export)") = None, package_config: Cfg("Release (package)") = None,
             promote_component: Annotated[Optional[str], Opt(help="Promote this component at the end")] = None,
             promote_version: Annotated[Optional[str], Opt(
@@ -121,7 +124,6 @@ def _register_wiki(wf):
              set_: Sets = None, force: Force = None, report: Report = True):
         ("The Wikipedia workflow: download the titles, ingest, build datasets, train each component with a wiki.yaml, "
          "export, package.")
-        from sphana_trainer.workflow import parse_sets, plan_wiki, run_workflow
         spec = plan_wiki(artifact_root, configs_dir, titles_file, titles_dir, docs, api_url, full_content, limit, rate,
                          dataset_output_dir, manifest, mlflow, parse_sets(set_), report, force)
         _finish(run_workflow(spec, typer.echo))

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 from .core import SphanaError, get_logger, require_file
+import sphana_trainer
 
 # %% auto #0
 __all__ = ['COMPONENTS', 'StrictModel', 'ExportConfig', 'TrainConfig', 'EmbeddingConfig', 'RelationConfig', 'GnnConfig',
@@ -331,7 +332,6 @@ def load_config(path:str|Path, # YAML file
 # %% ../nbs/01_config.ipynb #e732017e
 def sample_data_dir() -> Path:
     "Folder of the sample data bundled with the package."
-    import sphana_trainer
     return Path(sphana_trainer.__file__).parent/"sample_data"
 
 def resolve_path(p:str|Path|None) -> Path|None:

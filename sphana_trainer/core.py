@@ -221,15 +221,15 @@ def seed_everything(seed:int=42):
     "Seed Python, NumPy and torch (all devices) for repeatable runs."
     random.seed(seed); os.environ["PYTHONHASHSEED"] = str(seed)
     try:
-        import numpy as np; np.random.seed(seed)
+        import numpy as np; np.random.seed(seed)  # lazy: core imports no third-party package
     except ImportError: pass
-    import torch; torch.manual_seed(seed)
+    import torch; torch.manual_seed(seed)  # lazy: keeps torch out of light imports
     return seed
 
 def select_device(prefer:str="auto", # `auto`, `cpu`, `cuda` or `cuda:N`
                  ):
     "The torch device to use: CUDA when available (respecting `CUDA_VISIBLE_DEVICES`), else CPU."
-    import torch
+    import torch  # lazy: keeps torch out of light imports
     if prefer == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if prefer.startswith("cuda") and not torch.cuda.is_available():
         raise SphanaError(
@@ -271,7 +271,7 @@ class Progress:
         use_bar = (sys.stderr.isatty() or self.quiet) if bar is None else bar
         self.bar = None
         if use_bar:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # lazy: only when a bar is shown
             try: self.bar = tqdm(total=self.total, desc=desc, unit=unit.rstrip("s") or "it")
             except ImportError: self.quiet = False  # no ipywidgets in this kernel: keep the log lines
 

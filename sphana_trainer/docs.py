@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import yaml
+from .core import SphanaError
+import hashlib
 
 # %% auto #0
 __all__ = ['CAPTIONS', 'split_options', 'option_tags', 'fix_markdown', 'front_matter', 'sphinx_cell', 'sphinx_nb', 'page_name',
@@ -39,7 +41,7 @@ _re_anchor = re.compile(r"^(#{2,4}) ([\w.]+)[ \t]*$", re.M)   # a symbol's headi
 
 def _heading(m):
     "A symbol's heading, with nbdev's anchor where Sphinx makes another one."
-    from docutils.nodes import make_id
+    from docutils.nodes import make_id  # lazy: docs tooling, dev-only
     return m[0] if make_id(m[2]) == m[2].lower() else f'{m[1]} <a id="{m[2].lower()}"></a>{m[2]}'
 
 def _anchor(pages, target, anchor):
@@ -158,7 +160,6 @@ def stage(proc:Path, nbs:Path, dest:Path, site:str="", conf:str="") -> dict:
 # %% ../nbs/90_docs.ipynb #18225743
 def sphinx_build(src:Path, out:Path, quiet:bool=True) -> None:
     "Build the HTML site of the Sphinx source `src` into `out`; a warning is an error (`SphanaError`, Sphinx's output)."
-    from sphana_trainer.core import SphanaError
     with tempfile.TemporaryDirectory() as dt:
         cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-E", "-d", dt, "-j", "1"]
         cmd += ["-q"] if quiet else []
@@ -170,10 +171,10 @@ def sphinx_build(src:Path, out:Path, quiet:bool=True) -> None:
 # %% ../nbs/90_docs.ipynb #93b36ac0
 def run_nb(src:Path, dst:Path, skip_flags:tuple=("slow", "cuda")) -> Path:
     "Execute notebook `src` like `nbdev_test` (skipping cells flagged `skip_flags`); save it with its outputs to `dst`."
-    from execnb.nbio import write_nb
-    from execnb.shell import CaptureShell
-    from nbdev.process import NBProcessor
-    from fastcore.xtras import working_directory
+    from execnb.nbio import write_nb  # lazy: docs tooling, dev-only
+    from execnb.shell import CaptureShell  # lazy: docs tooling, dev-only
+    from nbdev.process import NBProcessor  # lazy: docs tooling, dev-only
+    from fastcore.xtras import working_directory  # lazy: docs tooling, dev-only
     nb = NBProcessor(src).nb
     def skip(c): return c.cell_type != "code" or bool(set(skip_flags) & set(c.directives_ or {})) or \
         (c.directives_ or {}).get("eval:", [""])[0].lower() == "false"
@@ -206,7 +207,7 @@ def run_guides(nbs:str|Path="nbs", # the notebooks folder
                execute:tuple=("tutorials",), # its folders to run
                n_workers:int=2) -> list:
     "Run the notebooks of the `execute` folders of `nbs` in place, keeping their outputs (for `nbdev_docs`)."
-    from fastcore.parallel import parallel
+    from fastcore.parallel import parallel  # lazy: docs tooling, dev-only
     nbs = Path(nbs)
     todo = [p for d in execute for p in sorted((nbs/d).rglob("*.ipynb"))
             if not any(x.startswith(("_", ".")) for x in p.relative_to(nbs).parts)]
@@ -218,8 +219,7 @@ def _run_in_place(p): return run_nb(p, p)
 # %% ../nbs/90_docs.ipynb #de393be1
 def _proc_one(o):
     "Process one notebook for the docs (run first when `executed` is a path), in a worker process."
-    from nbdev.serve_drv import exec_nb
-    from sphana_trainer.core import SphanaError
+    from nbdev.serve_drv import exec_nb  # lazy: docs tooling, dev-only
     src, dst, executed = o
     try:
         if executed: src = run_nb(src, executed)
@@ -236,9 +236,8 @@ def _ignored(p:Path) -> bool:
 # %% ../nbs/90_docs.ipynb #dcc149f8
 def process_notebooks(root:Path, proc:Path, execute:tuple=("tutorials",), n_workers:int=2, force:bool=False) -> list:
     "Process `root/nbs` (not git-ignored notebooks) into `proc`; redo what changed (content, not dates); run guides."
-    import hashlib
-    from fastcore.parallel import parallel
-    from nbdev.doclinks import nbglob
+    from fastcore.parallel import parallel  # lazy: docs tooling, dev-only
+    from nbdev.doclinks import nbglob  # lazy: docs tooling, dev-only
     nbs, jobs, keys, cache_f = root/"nbs", [], {}, proc/".cache.json"
     here = Path(__file__) if "__file__" in globals() else root/"settings.ini"
     salt = hashlib.sha256((root/"settings.ini").read_bytes() + here.read_bytes()).hexdigest().encode()
@@ -259,7 +258,7 @@ def build_docs(root:str|Path|None=None, # project root (the folder with `setting
                execute:tuple=("tutorials",), # folders of `nbs/` whose notebooks run before rendering
                ) -> Path:
     "Process the notebooks with nbdev and render them with Sphinx into `dest`; returns the site's folder."
-    from nbdev.config import get_config
+    from nbdev.config import get_config  # lazy: docs tooling, dev-only
     cfg = get_config(path=str(root) if root else "")
     root = Path(cfg.config_path); out = Path(dest) if dest else root/cfg.doc_path
     site = cfg.doc_host.rstrip("/") + "/" + cfg.doc_baseurl.strip("/") if cfg.get("doc_host") else ""

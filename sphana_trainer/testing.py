@@ -4,11 +4,14 @@
 
 # %% ../nbs/09_testing.ipynb #6b56beef
 from __future__ import annotations
+import json, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 from pathlib import Path
 from .core import write_jsonl
 
 # %% auto #0
-__all__ = ['TOPICS', 'write_toy_pairs']
+__all__ = ['TOPICS', 'write_toy_pairs', 'FakeWikiAPI', 'fake_corpus']
 
 # %% ../nbs/09_testing.ipynb #6a8989d1
 TOPICS = ["cat", "dog", "bird", "fish", "tree", "river", "cloud", "stone", "apple", "train", "music", "snow", "ship",
@@ -24,3 +27,119 @@ def write_toy_pairs(folder:str|Path, # folder for train.jsonl (+ validation.json
     write_jsonl(folder/"train.jsonl", recs[:-n_val] if n_val else recs)
     if n_val: write_jsonl(folder/"validation.jsonl", recs[-n_val:])
     return folder, TOPICS + "what is a thing called".split()
+
+# %% ../nbs/09_testing.ipynb #4b064000
+class FakeWikiAPI:
+    ("A MediaWiki Action API look-alike for `prop=extracts` on 127.0.0.1 (for tests): normalization, redirects, "
+     "missing pages, continuation, faults.")
+    def __init__(self, pages:dict[str,str], # title -> article text (paragraphs split by blank lines; intro first)
+                 redirects:dict[str,str]|None=None, # title -> target title
+                 faults:dict[int,int|str]|None=None, # request number (1-based) -> HTTP status (429, 5xx) or "maxlag"
+                 retry_after:str|None="0", # `Retry-After` sent with 429 and maxlag answers (None: no header)
+                 slow_after:int|None=None, delay:float=0.0, # requests after number `slow_after` take `delay` seconds
+                ):
+        self.pages, self.redirects, self.faults = dict(pages), dict(redirects or {}), dict(faults or {})
+        self.ids = {t: 1000 + 7 * i for i, t in enumerate(self.pages)}
+        self.retry_after, self.slow_after, self.delay = retry_after, slow_after, delay
+        # log: (params, headers) per request
+        self.log, self.times, self.lock, self.server = [], [], threading.Lock(), None
+
+    @staticmethod
+    def normalize(t:str) -> str|None:
+        "What the wiki makes of a title: None when invalid, else spaces for underscores and a capital first letter."
+        if not t.strip() or any(c in t for c in "[]{}<>|#"): return None
+        t = " ".join(t.replace("_", " ").split())
+        return t[:1].upper() + t[1:]
+
+    def answer(self, q:dict) -> dict:
+        "The JSON body for query-string parameters `q`."
+        need = dict(action="query", prop="extracts", format="json", formatversion="2", redirects="1", explaintext="1")
+        for k, v in need.items():
+            if q.get(k) != v:
+                return {"error": {"code": "badvalue", "info": f"this fake API expects {k}={v}, got {q.get(k)!r}"}}
+        titles = q.get("titles", "").split("|")
+        if len(titles) > 50:
+            info = "Too many values supplied for parameter \"titles\". The limit is 50."
+            return {"error": {"code": "toomanyvalues", "info": info}}
+        intro, body = q.get("exintro") == "1", {}
+        most = 20 if intro else 1
+        lim = most if q.get("exlimit", "1") == "max" else int(q.get("exlimit", "1"))
+        if lim > most:
+            msg = f"\"exlimit\" was too large for a whole article extracts request, lowered to {most}."
+            body["warnings"] = {"extracts": {"warnings": msg}}
+            lim = most
+        normalized, redirects, pages = [], [], {}
+        for raw in titles:
+            t = self.normalize(raw)
+            if t is None:
+                pages[raw] = {"title": raw, "invalidreason": "The requested page title contains invalid characters",
+                              "invalid": True}
+                continue
+            if t != raw: normalized.append({"fromencoded": False, "from": raw, "to": t})
+            if t in self.redirects: redirects.append({"from": t, "to": self.redirects[t]}); t = self.redirects[t]
+            pages[t] = ({"pageid": self.ids[t], "ns": 0, "title": t} if t in self.pages
+                        else {"ns": 0, "title": t, "missing": True})
+        plist = sorted(pages.values(), key=lambda p: p.get("pageid", -1))
+        found, off = [p for p in plist if "pageid" in p], int(q.get("excontinue", "0"))
+        for p in found[off:off + lim]:
+            text = self.pages[p["title"]]
+            p["extract"] = text.split("\n\n")[0] if intro else text
+        if off + lim < len(found): body["continue"] = {"excontinue": off + lim, "continue": "||"}
+        else: body["batchcomplete"] = True
+        lists = {k: v for k, v in (("normalized", normalized), ("redirects", redirects)) if v}
+        body["query"] = lists | {"pages": plist}
+        return body
+
+    def handle(self, path:str, headers, body:str="") -> tuple[int, dict, bytes]:
+        "Status, headers and body for one request (parameters from the query string and a form-encoded POST body)."
+        q = {k: v[-1] for k, v in parse_qs(urlparse(path).query + "&" + body, keep_blank_values=True).items()}
+        with self.lock: self.log.append((q, dict(headers))); self.times.append(time.monotonic()); n = len(self.log)
+        if self.slow_after is not None and n > self.slow_after: time.sleep(self.delay)
+        fault, ra = self.faults.get(n), ({"Retry-After": self.retry_after} if self.retry_after is not None else {})
+        if fault == "maxlag":
+            err = {"error": {"code": "maxlag", "info": "Waiting for 10.64.0.1: 1.5 seconds lagged.",
+                             "host": "10.64.0.1", "lag": 1.5, "type": "db"}}
+            return 200, {"Content-Type": "application/json", "X-Database-Lag": "1", **ra}, json.dumps(err).encode()
+        if fault == 429: return 429, {"Content-Type": "text/plain", **ra}, b"Too many requests"
+        if fault: return int(fault), {"Content-Type": "text/html"}, b"<html><body>Internal error</body></html>"
+        return (200, {"Content-Type": "application/json; charset=utf-8"},
+                json.dumps(self.answer(q), ensure_ascii=False).encode())
+
+    def start(self) -> "FakeWikiAPI":
+        "Serve on 127.0.0.1 (a free port) from a daemon thread."
+        api = self
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self): self.reply("")
+            def do_POST(self): self.reply(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+            def reply(self, form):
+                status, hdrs, body = api.handle(self.path, self.headers, form)
+                self.send_response(status)
+                for k, v in {**hdrs, "Content-Length": str(len(body))}.items(): self.send_header(k, v)
+                self.end_headers()
+                try: self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError): pass   # the client went away (a killed download)
+            def log_message(self, *a): pass
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url; return self
+
+    @property
+    def url(self) -> str:
+        "The `api.php` address (it stays readable after `stop`)."
+        if self.server: self._url = f"http://127.0.0.1:{self.server.server_address[1]}/w/api.php"
+        return self._url
+    def stop(self):
+        if self.server: self.server.shutdown(); self.server.server_close(); self.server = None
+    def __enter__(self): return self.start()
+    def __exit__(self, *a): self.stop()
+
+# %% ../nbs/09_testing.ipynb #fc252ce5
+def fake_corpus(n:int=40) -> tuple[dict, dict, list]:
+    "Pages, redirects and a titles list (with redirects, duplicates, missing and invalid titles) for tests."
+    text = "Topic {i:03d} is item number {i}. It has an intro.\n\nMore about topic {i}.\n\nEven more."
+    pages = {f"Topic {i:03d}": text.format(i=i) for i in range(n)}
+    redirects = {"Alias 1": "Topic 001", "Alias 5": "Topic 005"}
+    titles = [f"topic_{i:03d}" if i % 7 == 0 else f"Topic {i:03d}" for i in range(n)]
+    titles[3:3] = ["Alias 1"]; titles[12:12] = ["Alias 5", "No such page", "Bad[title]"]; titles.append("Also missing")
+    return pages, redirects, titles

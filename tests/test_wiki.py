@@ -4,7 +4,8 @@ import json, os, signal, subprocess, time
 from pathlib import Path
 import pytest
 from conftest import ROOT, BIN
-from sphana_trainer.ingest.wiki import FakeWikiAPI, fake_corpus, missing_path, read_titles
+from sphana_trainer.ingest.wiki import missing_path, read_titles
+from sphana_trainer.testing import FakeWikiAPI, fake_corpus
 
 CLI = str(BIN/"sphana-trainer")
 

@@ -173,7 +173,7 @@ def test_wiki_workflow_against_a_fake_wiki(tmp_path, toy):
     "Download (fake API) -> spaCy ingest -> datasets -> every component with a wiki.yaml -> export -> verified package, MLflow on."
     from sphana_trainer.core import iter_jsonl
     from sphana_trainer.config import sample_data_dir
-    from sphana_trainer.ingest.wiki import FakeWikiAPI
+    from sphana_trainer.testing import FakeWikiAPI
     from sphana_trainer.workflow import registered
     _, model = toy
     pages = {d["title"]: d["text"] for d in iter_jsonl(sample_data_dir()/"docs.jsonl")}

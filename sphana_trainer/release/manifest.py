@@ -16,6 +16,11 @@ from ..core import SphanaError, atomic_write_json, get_logger, iter_jsonl, ws_pa
 from ..config import (COMPONENTS, ExportConfig, StrictModel, load_config,
                                    sample_data_dir)
 from .. import artifacts
+from ..hub import tiny_bert
+from ..core import write_jsonl
+from jsonschema import Draft202012Validator
+from ..schemas import load_schema
+import sphana_trainer
 
 # %% auto #0
 __all__ = ['TOKENIZER_FILES', 'LABEL_FILES', 'SPECIAL', 'KNOWN_LICENSES', 'TOY_PAIRS', 'PackageOptions', 'ReleaseConfig',
@@ -118,7 +123,7 @@ def _tensors(g):
 # %% ../../nbs/61_release.manifest.ipynb #f343b5ec
 def onnx_io(path:str|Path) -> dict:
     "Inputs, outputs, dynamic axes, opset and external data files of an ONNX model (weights not loaded)."
-    import onnx
+    import onnx  # lazy: heavy, only needed for ONNX work
     m = onnx.load(str(path), load_external_data=False)
     inits = {t.name for t in m.graph.initializer}
     def desc(v):
@@ -196,7 +201,7 @@ def drift(expected, got) -> float:
 # %% ../../nbs/61_release.manifest.ipynb #0ca26739
 def _component(name:str):
     "The registered component `name`, or None."
-    from sphana_trainer.train.component import get_component
+    from sphana_trainer.train.component import get_component  # lazy: pulls in torch
     try: return get_component(name)
     except SphanaError: return None
 
@@ -216,7 +221,7 @@ def _texts(r) -> list:
 
 def _tokenizer_feeds(tok_dir:Path, inputs:list, records:list, max_length:int) -> list:
     "One feed of tokenized texts for a graph whose inputs are token ids / masks."
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: heavy, only needed to load a model
     names = [i["name"] for i in inputs]
     if "input_ids" not in names:
         raise SphanaError(f"graph inputs {names} are not token ids; register the component to build its feeds")
@@ -241,7 +246,7 @@ def version_files(root:Path, component:str, version:str) -> tuple[Path, dict]:
 # %% ../../nbs/61_release.manifest.ipynb #2bed02ec
 def make_parity_samples(root:str|Path, component:str, version:str, n:int=4) -> dict:
     "Inputs of `n` records and the outputs of each ONNX model of a version (plus the fp32 drift vs PyTorch when known)."
-    from sphana_trainer.train.component import ort_infer
+    from sphana_trainer.train.component import ort_infer  # lazy: pulls in torch
     vdir, meta = version_files(root, component, version)
     models = {k: v for k, v in _model_files(vdir, meta).items() if v}
     if "fp32" not in models: raise SphanaError(f"{vdir}: no ONNX model (onnx/model.onnx); export it first")
@@ -292,9 +297,7 @@ def write_toy_version(root:str|Path, # artifact root
                       metrics:dict|None=None, gates:dict|None=None, # metadata figures
                       seed:int=0) -> Path: # seed of the tiny random encoder
     "Publish a tiny exported encoder as `<root>/<component>/<version>` (real ONNX, real parity figures) for examples."
-    from sphana_trainer.export.onnx import export_onnx, load_checkpoint, parity_report
-    from sphana_trainer.hub import tiny_bert
-    from sphana_trainer.core import write_jsonl
+    from sphana_trainer.export.onnx import export_onnx, load_checkpoint, parity_report  # lazy: pulls in torch
     root = Path(root); data = root.parent/f".toy-data-{component}"
     write_jsonl(data/"validation.jsonl", [{"query": q, "positive": p} for q, p in TOY_PAIRS])
     words = [w for q, p in TOY_PAIRS for w in (q + " " + p).split()]
@@ -399,8 +402,6 @@ def component_entry(root:str|Path, component:str, version:str, require_int8:bool
 # %% ../../nbs/61_release.manifest.ipynb #29a4ae33
 def validate_manifest(manifest:dict, src:str="manifest") -> dict:
     "`manifest` if it matches the manifest schema, else a `SphanaError` naming each bad field."
-    from jsonschema import Draft202012Validator
-    from sphana_trainer.schemas import load_schema
     v = Draft202012Validator(load_schema("manifest"))
     errs = sorted(v.iter_errors(manifest), key=lambda e: list(e.absolute_path))
     if errs: raise SphanaError(f"{src}: does not match the manifest schema: " + "; ".join(
@@ -414,7 +415,6 @@ def manifest_lock(path:str|Path) -> Path:
 # %% ../../nbs/61_release.manifest.ipynb #5fe8afaf
 def new_manifest(name:str, components:dict) -> dict:
     "A manifest document of `components` (name -> entry)."
-    import sphana_trainer
     return {"schema_version": 1, "name": name, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "trainer_version": getattr(sphana_trainer, "__version__", "0"), "components": components}
 

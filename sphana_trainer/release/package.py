@@ -141,7 +141,7 @@ def safe_extract(path:str|Path, dest:str|Path) -> list[str]:
 # %% ../../nbs/62_release.package.ipynb #a7f1057c
 def check_samples(samples:dict, folder:Path, tol:float|None=None) -> dict:
     "Run stored parity samples through fresh ONNX Runtime sessions of the models in `folder`; drift per model."
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: heavy, only needed for ONNX work
     tol = tol if tol is not None else (samples.get("tolerance") or {}).get("max_rel_drift", 0.01)
     out = {}
     for kind, fname in samples["models"].items():

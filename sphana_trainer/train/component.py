@@ -51,7 +51,7 @@ def torch_infer(module:nn.Module, input_names:list, device="cpu") -> Infer:
 
 def ort_infer(path:str|Path, threads:int|None=None) -> Infer:
     "An `infer(feed)` backed by an ONNX Runtime CPU session of the model at `path`."
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: heavy, only needed for ONNX work
     so = ort.SessionOptions()
     if threads: so.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
