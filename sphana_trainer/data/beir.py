@@ -9,7 +9,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 import sphana_trainer
-from ..core import SphanaError, get_logger, iter_jsonl, atomic_write_json, fingerprint, Progress, require_file
+from ..core import (SphanaError, get_logger, iter_jsonl, atomic_write_json, fingerprint, Progress,
+                                 require_file, write_jsonl)
 from .build import BuildResult, split_docs, write_splits, hash_features, chunk_sentences
 
 # %% auto #0
@@ -22,22 +23,29 @@ def write_example_beir(path:str|Path, # folder to create
                       ) -> Path:
     "Write a tiny BEIR-layout collection (12 documents, 6 queries) and return its path."
     path = Path(path); (path/"qrels").mkdir(parents=True, exist_ok=True)
-    topics = {"wing": ["wing lift in a propeller slipstream", "the slipstream increases lift on the wing", "span loading of wings"],
-              "heat": ["heat conduction in composite slabs", "transient heat flow through layered slabs", "thermal conductivity of slab materials"],
-              "shock": ["shock waves at hypersonic speed", "shock layer chemistry in hypersonic flow", "detached shock ahead of blunt bodies"],
-              "boundary": ["laminar boundary layer transition", "turbulent boundary layer on a flat plate", "boundary layer suction"]}
+    topics = {"wing": ["wing lift in a propeller slipstream", "the slipstream increases lift on the wing",
+                       "span loading of wings"],
+              "heat": ["heat conduction in composite slabs", "transient heat flow through layered slabs",
+                       "thermal conductivity of slab materials"],
+              "shock": ["shock waves at hypersonic speed", "shock layer chemistry in hypersonic flow",
+                        "detached shock ahead of blunt bodies"],
+              "boundary": ["laminar boundary layer transition", "turbulent boundary layer on a flat plate",
+                           "boundary layer suction"]}
     docs, queries, qrels = [], [], []
     for t, (a, b, c) in topics.items():
         for i, s in enumerate((a, b, c)):
-            docs.append({"_id": f"{t}{i}", "title": s, "text": f"{s}. we study {s} with experiments. results agree with theory for {t} problems."})
+            docs.append({"_id": f"{t}{i}", "title": s,
+                         "text": f"{s}. we study {s} with experiments. results agree with theory for {t} problems."})
     for t in topics:
         queries += [{"_id": f"q-{t}-a", "text": f"what is known about {topics[t][0]}?"}, ]
         qrels += [(f"q-{t}-a", f"{t}0", 1), (f"q-{t}-a", f"{t}1", 1)]
-    queries += [{"_id": "q-mix", "text": "heat flow in a hypersonic shock layer"}, {"_id": "q-unjudged", "text": "nothing"}]
+    queries += [{"_id": "q-mix", "text": "heat flow in a hypersonic shock layer"},
+                {"_id": "q-unjudged", "text": "nothing"}]
     qrels += [("q-mix", "heat1", 1), ("q-mix", "shock1", 2)]
     (path/"corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (path/"queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    (path/"qrels"/"train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
+    (path/"qrels"/"train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d,
+            s in qrels))
     return path
 
 # %% ../../nbs/21_data.beir.ipynb #2ec0eeb9
@@ -55,7 +63,8 @@ def _need(rec, key, path, ln, what):
     v = rec.get(key)
     if isinstance(v, int) and not isinstance(v, bool) and key == "_id": v = str(v)
     if not isinstance(v, str) or (key == "_id" and not v.strip()):
-        raise SphanaError(f"{path}:{ln}: {what} needs a {'non-empty ' if key == '_id' else ''}string {key!r}; BEIR lines look like {{\"_id\": \"1\", \"title\": \"...\", \"text\": \"...\"}}")
+        raise SphanaError(f"{path}:{ln}: {what} needs a {'non-empty ' if key == '_id' else ''}string {key!r}; "
+                          'BEIR lines look like {"_id": "1", "title": "...", "text": "..."}')
     return v
 
 def _read_qrels(f, qrels, corpus, queries, skipped):
@@ -63,7 +72,9 @@ def _read_qrels(f, qrels, corpus, queries, skipped):
         if not line.strip(): continue
         parts = line.split("\t") if "\t" in line else line.split()
         if ln == 1 and parts[0].strip().lower() in ("query-id", "query_id", "qid"): continue
-        if len(parts) != 3: raise SphanaError(f"{f}:{ln}: expected 3 tab-separated fields (query-id, corpus-id, score), got {len(parts)}")
+        if len(parts) != 3:
+            raise SphanaError(f"{f}:{ln}: expected 3 tab-separated fields (query-id, corpus-id, score), "
+                              f"got {len(parts)}")
         q, d, s = (p.strip() for p in parts)
         try: score = float(s)
         except ValueError: raise SphanaError(f"{f}:{ln}: score {s!r} is not a number") from None
@@ -75,11 +86,13 @@ def load_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl and q
              ) -> BeirData:
     "Read and check a BEIR-layout folder."
     d = Path(beir_dir)
-    if not d.is_dir(): raise SphanaError(f"{d}: BEIR folder not found; it should hold corpus.jsonl, queries.jsonl and qrels/*.tsv")
+    if not d.is_dir():
+        raise SphanaError(f"{d}: BEIR folder not found; it should hold corpus.jsonl, queries.jsonl and qrels/*.tsv")
     for name in ("corpus.jsonl", "queries.jsonl"):
         require_file(d/name, "a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/*.tsv")
     files = sorted((d/"qrels").glob("*.tsv")) if (d/"qrels").is_dir() else []
-    if not files: raise SphanaError(f"{d/'qrels'}: no .tsv files; put the relevance judgements in qrels/<split>.tsv (header: query-id corpus-id score)")
+    if not files: raise SphanaError(f"{d/'qrels'}: no .tsv files; put the relevance judgements in qrels/<split>.tsv "
+                                    "(header: query-id corpus-id score)")
     corpus, queries, qrels, skipped = {}, {}, defaultdict(dict), Counter()
     for ln, r in iter_jsonl(d/"corpus.jsonl", with_lineno=True):
         i = _need(r, "_id", d/"corpus.jsonl", ln, "a document")
@@ -92,7 +105,8 @@ def load_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl and q
     if not corpus: raise SphanaError(f"{d/'corpus.jsonl'}: no documents")
     if not queries: raise SphanaError(f"{d/'queries.jsonl'}: no queries")
     for f in files: _read_qrels(f, qrels, corpus, queries, skipped)
-    return BeirData(corpus, queries, dict(qrels), [f.name for f in files], skipped, fingerprint(d/"corpus.jsonl", d/"queries.jsonl", *files))
+    return BeirData(corpus, queries, dict(qrels), [f.name for f in files], skipped,
+                    fingerprint(d/"corpus.jsonl", d/"queries.jsonl", *files))
 
 # %% ../../nbs/21_data.beir.ipynb #a6e7cb8c
 def _words(t): return re.findall(r"\w+", t.lower())
@@ -113,7 +127,8 @@ class BM25:
         s = [0.0] * self.n
         for w in set(_words(query)):
             for i, c in self.post.get(w, []):
-                s[i] += self.idf[w] * c * (self.k1 + 1) / (c + self.k1 * (1 - self.b + self.b * self.lens[i] / self.avg))
+                norm = self.k1 * (1 - self.b + self.b * self.lens[i] / self.avg)
+                s[i] += self.idf[w] * c * (self.k1 + 1) / (c + norm)
         return s
 
 def top_k(scores, k:int) -> list[int]:
@@ -168,11 +183,13 @@ def rank_corpus(data:BeirData, qids:list, encoder:Encoder|None=None, depth:int=1
             s = bm.scores(data.queries[q]); ranking[q] = top_k(s, depth); scores[q] = [s[i] for i in ranking[q]]
     else:
         import numpy as np
-        D = encoder.encode(texts, "Encoding corpus"); Q = encoder.encode([data.queries[q] for q in qids], "Encoding queries", 0)
+        D = encoder.encode(texts, "Encoding corpus"); Q = encoder.encode([data.queries[q] for q in qids],
+                "Encoding queries", 0)
         for b in range(0, len(qids), 256):   # a block of queries at a time keeps the score matrix small
             S = Q[b:b + 256] @ D.T
             for q, row in zip(qids[b:b + 256], S):
-                cand = np.argpartition(-row, min(depth, len(row) - 1))[:depth] if len(row) > depth else np.arange(len(row))
+                cand = np.argpartition(-row, min(depth,
+                                                 len(row) - 1))[:depth] if len(row) > depth else np.arange(len(row))
                 o = sorted(cand.tolist(), key=lambda i: (-float(row[i]), i))   # ties by index
                 ranking[q] = o; scores[q] = [float(row[i]) for i in o]
     return ids, ranking, scores
@@ -180,7 +197,8 @@ def rank_corpus(data:BeirData, qids:list, encoder:Encoder|None=None, depth:int=1
 def ndcg_at(ranked:list, rel:dict, k:int=10) -> float:
     "NDCG@k of a ranked list of doc ids against graded judgements `rel`."
     dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
-    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted((g for g in rel.values() if g > 0), reverse=True)[:k]))
+    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted((g for g in rel.values() if g > 0),
+                                                                  reverse=True)[:k]))
     return dcg / ideal if ideal else 0.0
 
 # %% ../../nbs/21_data.beir.ipynb #47205d4b
@@ -199,7 +217,8 @@ class MineOptions:
         if self.num_negatives < 0: raise SphanaError(f"num_negatives must be >= 0, got {self.num_negatives}")
         if not 0 <= self.range_min < self.range_max:
             raise SphanaError(f"need 0 <= range_min < range_max, got {self.range_min} and {self.range_max}")
-        if self.sampling not in ("top", "random"): raise SphanaError(f"sampling must be top or random, got {self.sampling!r}")
+        if self.sampling not in ("top",
+                                 "random"): raise SphanaError(f"sampling must be top or random, got {self.sampling!r}")
         return self
 
 # %% ../../nbs/21_data.beir.ipynb #8a7bbc4d
@@ -212,7 +231,8 @@ def pick_negatives(cands:list, # `(doc id, score)` of the ranker's best candidat
     for rank, (d, s) in enumerate(cands[:opts.range_max]):
         if d in relevant: stats["dropped_relevant"] += 1
         elif rank < opts.range_min: stats["dropped_range_min"] += 1
-        elif opts.absolute_margin is not None and s > pos_score - opts.absolute_margin: stats["dropped_absolute_margin"] += 1
+        elif opts.absolute_margin is not None and s > pos_score - opts.absolute_margin:
+            stats["dropped_absolute_margin"] += 1
         elif opts.relative_margin is not None and s > pos_score - abs(pos_score) * opts.relative_margin:
             stats["dropped_relative_margin"] += 1
         else: keep.append(d)
@@ -265,9 +285,9 @@ def mine_pairs(pairs:str|Path, # JSONL with query/positive (or anchor/context) r
                device:str="auto") -> dict:
     "Write `pairs` with mined negatives to `output_dir/train.jsonl`; return the metadata."
     from sphana_trainer.train.embedding import load_pairs
-    from sphana_trainer.core import write_jsonl
     recs, out = load_pairs(require_file(Path(pairs), "a JSONL file of query/positive pairs")), Path(output_dir)
-    docs = list(dict.fromkeys([r["positive"] for r in recs] + ([doc_text(r) for r in iter_jsonl(corpus)] if corpus else [])))
+    extra = [doc_text(r) for r in iter_jsonl(corpus)] if corpus else []
+    docs = list(dict.fromkeys([r["positive"] for r in recs] + extra))
     qtext = list(dict.fromkeys(r["query"] for r in recs))
     qid, did = {q: str(i) for i, q in enumerate(qtext)}, {d: str(i) for i, d in enumerate(docs)}
     rel = defaultdict(set)
@@ -309,7 +329,8 @@ class Featurizer:
         if encoder is not None:
             import numpy as np
             h = encoder.model.config.hidden_size
-            self.proj = np.random.default_rng(seed).standard_normal((h, dim - N_STATS)).astype("float32") / math.sqrt(dim - N_STATS)
+            rnd = np.random.default_rng(seed).standard_normal((h, dim - N_STATS)).astype("float32")
+            self.proj = rnd / math.sqrt(dim - N_STATS)
 
     def prepare(self, texts):
         "Embed the texts not seen yet (encoder mode) in one pass."
@@ -317,7 +338,9 @@ class Featurizer:
         if self.encoder is None or not new: return
         for t, v in zip(new, self.encoder.encode(new, "Encoding graph nodes")): self.cache[t] = v
 
-    def _vec(self, t): return [float(x) for x in self.cache[t] @ self.proj] if self.encoder is not None else hash_features(t, self.dim - N_STATS)
+    def _vec(self, t):
+        if self.encoder is None: return hash_features(t, self.dim - N_STATS)
+        return [float(x) for x in self.cache[t] @ self.proj]
 
     def _sim(self, t, q):
         if self.encoder is not None: return float(self.cache[t] @ self.cache[q])
@@ -328,13 +351,15 @@ class Featurizer:
     def row(self, t:str, q:str, is_query:bool, doc_score:float, pos:float) -> list[float]:
         "Feature row of node text `t` for query `q`."
         tw, qw = set(_words(t)), set(_words(q))
-        stats = [float(is_query), self._sim(t, q), doc_score, pos, math.log1p(len(tw)), len(tw & qw) / len(tw) if tw else 0.0]
+        stats = [float(is_query), self._sim(t, q), doc_score, pos, math.log1p(len(tw)),
+                 len(tw & qw) / len(tw) if tw else 0.0]
         return [round(x, 4) for x in self._vec(t) + stats]
 
 def candidate_graph(fz:Featurizer, query:str, nodes:list[str], doc_score:float) -> dict:
     "One GNN candidate (without its label) for passage `nodes`."
     n = len(nodes)
-    feats = [fz.row(query, query, True, doc_score, 0.0)] + [fz.row(t, query, False, doc_score, (i + 1) / n) for i, t in enumerate(nodes)]
+    feats = [fz.row(query, query, True, doc_score, 0.0)] + [fz.row(t, query, False, doc_score, (i + 1) / n) for i,
+                                                            t in enumerate(nodes)]
     ei, ed, et = graph_edges(n + 1)
     return {"node_features": feats, "edge_index": ei, "edge_directions": ed, "edge_types": et}
 
@@ -379,7 +404,8 @@ def build_from_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl
     mine = MineOptions(**{**(mine or MineOptions()).__dict__, "num_negatives": hard_negatives}).check()
     data = load_beir(beir_dir)
     qids = sorted(q for q, r in data.qrels.items() if any(s > 0 for s in r.values()))
-    if not qids: raise SphanaError(f"{beir_dir}: no query has a relevant document (score > 0) in qrels/; nothing to build")
+    if not qids:
+        raise SphanaError(f"{beir_dir}: no query has a relevant document (score > 0) in qrels/; nothing to build")
     split = split_docs(qids, val_ratio, seed)
     enc = Encoder(encoder, max_length=max_length, batch_size=batch_size, device=device) if encoder else None
     ids, ranking, scores = rank_corpus(data, qids, enc, depth=max(100, top_k + hard_negatives + 50))
@@ -400,7 +426,8 @@ def build_from_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl
     bm_idf = BM25([doc_text(data.corpus[i]) for i in ids]).idf if enc is None else None
     fz = Featurizer(feature_dim, enc, bm_idf, seed)
     cands = {q: _candidates(q, data, ids, ranking, scores, top_k) for q in qids}
-    fz.prepare([data.queries[q] for q in qids] + [t for q in qids for d in cands[q][0] for t in passage_nodes(data.corpus[d], max_sentences)])
+    fz.prepare([data.queries[q] for q in qids]
+               + [t for q in qids for d in cands[q][0] for t in passage_nodes(data.corpus[d], max_sentences)])
     top_max = max(s for r in data.qrels.values() for s in r.values())
     for q in qids:
         docs, norm = cands[q]
@@ -411,17 +438,22 @@ def build_from_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl
     ndcg = sum(ndcg_at([ids[i] for i in ranking[q]], data.qrels[q]) for q in qids) / len(qids)
     recall = sum(len(rel_of[q] & {ids[i] for i in ranking[q][:top_k]}) / len(rel_of[q]) for q in qids) / len(qids)
     counts = {"embedding": write_splits(out, "embedding", emb, seed), "gnn": write_splits(out, "gnn", gnn, seed)}
-    meta = {"source": "beir", "beir_dir": str(Path(beir_dir).resolve()), "source_fingerprint": data.fingerprint, "seed": seed,
+    meta = {"source": "beir", "beir_dir": str(Path(beir_dir).resolve()), "source_fingerprint": data.fingerprint,
+            "seed": seed,
             "val_ratio": val_ratio, "version": sphana_trainer.__version__, "qrels_files": data.qrels_files,
-            "corpus": len(data.corpus), "queries": len(data.queries), "queries_used": dict(sorted(Counter(split.values()).items())),
+            "corpus": len(data.corpus), "queries": len(data.queries),
+            "queries_used": dict(sorted(Counter(split.values()).items())),
             "counts": counts, "hard_negatives": hard_negatives, "ranker": encoder or "bm25", "top_k": top_k,
             "mining": _mining_meta(hard_negatives, miner, encoder, mine, mstats),
             "ranker_ndcg@10": round(ndcg, 4), f"ranker_recall@{top_k}": round(recall, 4),
-            "gnn": {"feature_dim": feature_dim, "max_sentences": max_sentences, "edge_types": ["query", "next_sentence"],
-                    "edge_directions": {"0": "forward (query->passage, sentence->next)", "1": "reverse"}, "label": "qrels score / max score",
+            "gnn": {"feature_dim": feature_dim, "max_sentences": max_sentences,
+                    "edge_types": ["query", "next_sentence"],
+                    "edge_directions": {"0": "forward (query->passage, sentence->next)",
+                                        "1": "reverse"}, "label": "qrels score / max score",
                     "retriever_score": "first-stage ranker score, min-max normalized per query"},
             "skipped": dict(sorted(data.skipped.items()))}
     atomic_write_json(out/"build_meta.json", meta)
     log.info("built BEIR datasets in %s: %s (ranker %s, NDCG@10 %.3f, recall@%d %.3f, %.1fs)", out,
-             ", ".join(f"{k} {v['train']}/{v['validation']}" for k, v in counts.items()), meta["ranker"], ndcg, top_k, recall, time.monotonic() - t0)
+             ", ".join(f"{k} {v['train']}/{v['validation']}" for k,
+                       v in counts.items()), meta["ranker"], ndcg, top_k, recall, time.monotonic() - t0)
     return BuildResult(out, counts, meta)

@@ -29,8 +29,10 @@ def load_pairs(path:Path) -> list[dict]:
     out, need = [], "each line needs a query and a positive"
     for ln, r in iter_jsonl(path, with_lineno=True):
         q, p, n = pair_texts(r)
-        if not isinstance(q, str) or not q.strip(): raise SphanaError(f"{path}:{ln}: missing 'query' (or 'anchor'); {need}")
-        if not isinstance(p, str) or not p.strip(): raise SphanaError(f"{path}:{ln}: missing 'positive' (or 'context'); {need}")
+        if not isinstance(q, str) or not q.strip():
+            raise SphanaError(f"{path}:{ln}: missing 'query' (or 'anchor'); {need}")
+        if not isinstance(p, str) or not p.strip():
+            raise SphanaError(f"{path}:{ln}: missing 'positive' (or 'context'); {need}")
         out.append({"query": q, "positive": p, **({"negative": n} if n else {})})
     if not out: raise SphanaError(f"{path}: no records; add query/positive pairs")
     return out
@@ -63,7 +65,8 @@ def _feed(a:EmbeddingAssets, texts:list, names:list) -> dict:
 
 def encode(a:EmbeddingAssets, texts:list, infer, batch_size:int=32) -> np.ndarray:
     "Unit vectors of `texts` (in order) computed by `infer`."
-    names, order, out = input_names(a.encoder), sorted(range(len(texts)), key=lambda i: -len(texts[i])), [None] * len(texts)
+    names, order, out = input_names(a.encoder), sorted(range(len(texts)),
+                                                       key=lambda i: -len(texts[i])), [None] * len(texts)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         for i, row in zip(idx, infer(_feed(a, [texts[i] for i in idx], names))[0]): out[i] = row
@@ -72,7 +75,8 @@ def encode(a:EmbeddingAssets, texts:list, infer, batch_size:int=32) -> np.ndarra
 # %% ../../nbs/41_train.embedding.ipynb #ea1c3756
 def _pairs_metrics(a:EmbeddingAssets, records:list, infer, batch_size:int) -> dict:
     trip = [pair_texts(r) for r in records]
-    qs = list(dict.fromkeys(q for q, _, _ in trip)); ps = list(dict.fromkeys([p for _, p, _ in trip] + [n for *_, n in trip if n]))
+    qs = list(dict.fromkeys(q for q, _, _ in trip)); ps = list(dict.fromkeys([p for _, p, _ in trip] + [n for *_,
+            n in trip if n]))
     qi, pi = {t: i for i, t in enumerate(qs)}, {t: i for i, t in enumerate(ps)}
     rel = [set() for _ in qs]
     for q, p, _ in trip: rel[qi[q]].add(pi[p])
@@ -92,7 +96,8 @@ def beir_metrics(a:EmbeddingAssets, data:BeirData, infer, batch_size:int=32, dep
     run = {q: {dids[j]: float(s[i, j]) for j in top[i]} for i, q in enumerate(qids)}
     qrels = {q: {d: int(v) for d, v in data.qrels[q].items()} for q in qids}
     res = ir_measures.calc_aggregate([nDCG@10, RR@10, R@100], qrels, run)
-    return {"ndcg@10": res[nDCG@10], "mrr@10": res[RR@10], "recall@100": res[R@100], "queries": len(qids), "documents": len(dids)}
+    return {"ndcg@10": res[nDCG@10], "mrr@10": res[RR@10], "recall@100": res[R@100], "queries": len(qids),
+            "documents": len(dids)}
 
 # %% ../../nbs/41_train.embedding.ipynb #fbe2b357
 METRICS = ("ndcg@10", "recall@1", "recall@10", "mrr@10", "pos_cosine")
@@ -109,12 +114,15 @@ class EmbeddingComponent(Component):
 
 # %% ../../nbs/41_train.embedding.ipynb #7f7a8253
 def _build(self, cfg:EmbeddingConfig, train:list, val:list|None) -> TrainTask:
-    if cfg.metric not in METRICS: raise SphanaError(f"embedding config: metric {cfg.metric!r} is not one of {', '.join(METRICS)}")
+    if cfg.metric not in METRICS:
+        raise SphanaError(f"embedding config: metric {cfg.metric!r} is not one of {', '.join(METRICS)}")
     enc, tok = load_encoder(cfg.model_name, cfg.pooling, cfg.normalize)
     loss = ContrastiveLoss(cfg.temperature, cfg.learn_temperature, cfg.symmetric_loss, cfg.mask_false_negatives)
     ev = None
-    if val: ev = lambda m, dev, dt: evaluate_retrieval(m.encoder, tok, val, max(64, cfg.batch_size), cfg.max_length, dev, dt)
-    model = CachedEmbeddingModel(enc, loss, cfg.cached_batch_size) if cfg.cached_batch_size else EmbeddingModel(enc, loss)
+    if val: ev = lambda m, dev, dt: evaluate_retrieval(m.encoder, tok, val, max(64, cfg.batch_size), cfg.max_length,
+                                                       dev, dt)
+    model = CachedEmbeddingModel(enc, loss, cfg.cached_batch_size) if cfg.cached_batch_size else EmbeddingModel(enc,
+            loss)
     return TrainTask(model, train, make_collate(tok, cfg.max_length, cfg.use_hard_negatives), ev, cfg.metric,
                      lengths=_lengths(tok, train, cfg.max_length) if cfg.group_by_length else None,
                      assets={"encoder": enc, "tokenizer": tok})
@@ -146,7 +154,8 @@ EmbeddingComponent.feeds = _feeds
 
 def _evaluate(self, a:EmbeddingAssets, records, infer=None, batch_size:int=32) -> dict:
     infer = infer or self.torch_infer(a)
-    return beir_metrics(a, records, infer, batch_size) if isinstance(records, BeirData) else _pairs_metrics(a, records, infer, batch_size)
+    return beir_metrics(a, records, infer, batch_size) if isinstance(records, BeirData) else _pairs_metrics(a, records,
+            infer, batch_size)
 EmbeddingComponent.evaluate = _evaluate
 
 # %% ../../nbs/41_train.embedding.ipynb #37ed3264
@@ -156,7 +165,8 @@ def _cos(ref, got) -> np.ndarray:
 
 def _compare(self, ref:list, got:list) -> dict:
     c, d = _cos(ref, got), float(np.abs(np.asarray(ref[0]) - np.asarray(got[0])).max())
-    f = ([f"min cosine {c.min():.5f} < 0.99"] if c.min() < 0.99 else []) + ([f"max abs diff {d:.3g} > 1e-3"] if d > 1e-3 else [])
+    f = (([f"min cosine {c.min():.5f} < 0.99"] if c.min() < 0.99 else [])
+         + ([f"max abs diff {d:.3g} > 1e-3"] if d > 1e-3 else []))
     return {"min_cosine": float(c.min()), "max_abs_diff": d, "passed": not f, "failures": f}
 EmbeddingComponent.compare = _compare
 
