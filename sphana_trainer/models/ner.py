@@ -23,9 +23,11 @@ def check_ner(r:dict, # a parsed JSONL record
               require_tags:bool=True) -> dict:
     "The NER record `r`, validated (BIO/IOB2 tags); `SphanaError` naming `where` when it is bad."
     toks, tags = r.get("tokens"), r.get("tags")
-    if not isinstance(toks, list) or not toks: raise SphanaError(f"{where}: 'tokens' must be a non-empty list of strings")
+    if not isinstance(toks, list) or not toks:
+        raise SphanaError(f"{where}: 'tokens' must be a non-empty list of strings")
     for i, t in enumerate(toks):
-        if not isinstance(t, str) or not t.strip(): raise SphanaError(f"{where}: token {i} is {t!r}; tokens must be non-empty strings")
+        if not isinstance(t, str) or not t.strip():
+            raise SphanaError(f"{where}: token {i} is {t!r}; tokens must be non-empty strings")
     if tags is None and not require_tags: return {"tokens": toks}
     if not isinstance(tags, list): raise SphanaError(f"{where}: 'tags' must be a list of BIO tags, one per token")
     if len(tags) != len(toks):
@@ -35,7 +37,8 @@ def check_ner(r:dict, # a parsed JSONL record
         if not isinstance(t, str) or not _TAG.match(t):
             raise SphanaError(f"{where}: tag {i} ({t!r}, token {toks[i]!r}) is not a BIO tag; use O, B-TYPE or I-TYPE")
         if t.startswith("I-") and prev[2:] != t[2:]:
-            raise SphanaError(f"{where}: tag {i} ({t!r}, token {toks[i]!r}) follows {prev!r}; an entity starts with B-{t[2:]} (IOB2)")
+            raise SphanaError(f"{where}: tag {i} ({t!r}, token {toks[i]!r}) follows {prev!r}; "
+                              f"an entity starts with B-{t[2:]} (IOB2)")
         prev = t
     return {"tokens": toks, "tags": tags}
 
@@ -52,7 +55,7 @@ def ner_labels(records:list) -> list[str]:
     return ["O"] + [f"{p}-{t}" for t in types for p in "BI"]
 
 def align(tok, tokens:list, max_length:int, tags:list|None=None, label2id:dict|None=None, label_all:bool=False) -> dict:
-    "Sub-token ids of `tokens`, the index of each word's first sub-token (-1: truncated) and the labels (-100 = ignored)."
+    "Sub-token ids of `tokens`, each word's first sub-token index (-1: truncated), the labels (-100 = ignored)."
     enc = tok(tokens, is_split_into_words=True, truncation=True, max_length=max_length)
     wids, first, labels, prev = enc.word_ids(), [-1] * len(tokens), [], None
     for j, w in enumerate(wids):
@@ -67,13 +70,14 @@ def align(tok, tokens:list, max_length:int, tags:list|None=None, label2id:dict|N
 
 # %% ../../nbs/32_models.ner.ipynb #fa9283c1
 class NerTagger(nn.Module):
-    "Transformer encoder + token classification head; `forward(input_ids, attention_mask)` returns logits `(B, S, labels)`."
+    "Transformer encoder + token classification head; `forward(input_ids, attention_mask)` -> logits `(B, S, labels)`."
     def __init__(self, encoder:nn.Module, n_labels:int, dropout:float=0.1):
         super().__init__()
         self.encoder, self.dropout = encoder, nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, n_labels)
     def forward(self, input_ids:torch.Tensor, attention_mask:torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state))
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(self.dropout(h))
 
 class NerProbabilities(nn.Module):
     "The exported graph: per-token label probabilities."
