@@ -61,7 +61,8 @@ def main(argv=None):
     rows = {"pytorch_generate": {"tokens_per_s": ref_tps, "tokens": sum(map(len, ref))}}
     print(f"PyTorch generate (KV cache): {ref_tps:.2f} tokens/s, {sum(map(len, ref))} tokens", flush=True)
     loop = [step(torch_infer(DecoderStep(model), step_names(kv[0])[0]))(p) for p in prompts]
-    print(f"project greedy loop over PyTorch == generate: {sum(x == y for x, y in zip(loop, ref))}/{len(ref)}", flush=True)
+    same = sum(x == y for x, y in zip(loop, ref))
+    print(f"project greedy loop over PyTorch == generate: {same}/{len(ref)}", flush=True)
     graphs = [("onnx_fp32", d/"onnx"/"model.onnx")] + [(f"onnx_int8 {Path(p).name}", Path(p)) for p in a.int8]
     if not a.int8 and (d/"onnx"/"model.quant.onnx").is_file(): graphs.append(("onnx_int8", d/"onnx"/"model.quant.onnx"))
     for name, path in graphs:
