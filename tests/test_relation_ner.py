@@ -1,5 +1,6 @@
-"""The relation classifier and the NER tagger end to end through the CLI: train, calibrate, export, publish; ONNX Runtime
-against PyTorch on batches and lengths never seen at export; evaluate with ONNX Runtime; bad input (exit 2, file and line)."""
+"""The relation classifier and the NER tagger end to end through the CLI: train, calibrate, export, publish; ONNX
+Runtime against PyTorch on batches and lengths never seen at export; evaluate with ONNX Runtime; bad input (exit 2,
+file and line); the shipped configs."""
 import json, os, subprocess
 from pathlib import Path
 import numpy as np
@@ -13,9 +14,11 @@ from sphana_trainer.train.ner import NerComponent
 from sphana_trainer.train.relation import RelationComponent
 
 CLI = str(BIN/"sphana-trainer")
-PAIRS = [("ada", "acme"), ("bob", "bolt"), ("cy", "crux"), ("dee", "dyne"), ("eve", "echo"), ("fay", "flux"), ("gus", "gear"), ("hal", "hex")]
+PAIRS = [("ada", "acme"), ("bob", "bolt"), ("cy", "crux"), ("dee", "dyne"), ("eve", "echo"), ("fay", "flux"),
+         ("gus", "gear"), ("hal", "hex")]
 VERBS = [("founded", "founded_by"), ("joined", "works_for"), ("visited", "no_relation")]
-PEOPLE, PLACES, WORDS = ["ada", "bob", "cy", "dee", "eve", "fay"], ["paris", "rome", "oslo", "lima"], ["met", "in", "saw", "at"]
+PEOPLE, PLACES = ["ada", "bob", "cy", "dee", "eve", "fay"], ["paris", "rome", "oslo", "lima"]
+WORDS = ["met", "in", "saw", "at"]
 
 def write_jsonl(path, recs):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,11 +38,15 @@ def trained(tmp_path_factory):
     write_jsonl(d/"rel"/"train.jsonl", recs); write_jsonl(d/"rel"/"validation.jsonl", recs[::4])
     tb = tiny_bert(d/"tb_rel", [w for p in PAIRS for w in p] + [v for v, _ in VERBS])
     common = {"epochs": 20, "batch_size": 8, "learning_rate": 2e-3, "warmup_ratio": 0.0, "eval_every_steps": 20,
-              "max_seq_length": 32, "progress_log_interval": 0, "version": "v1", "device": "cpu", "export": {"parity_samples": 8}}
-    (d/"rel.yaml").write_text(json.dumps({"component": "relation", "model_name": str(tb), "dataset_path": str(d/"rel"), **common}))
+              "max_seq_length": 32, "progress_log_interval": 0, "version": "v1", "device": "cpu",
+              "export": {"parity_samples": 8}}
+    (d/"rel.yaml").write_text(json.dumps({"component": "relation", "model_name": str(tb), "dataset_path": str(d/"rel"),
+                                          **common, "group_by_length": True}))
     cli(["train", "relation", "--config", str(d/"rel.yaml")], ws)
-    ner = [{"tokens": [p.title(), "Smith", v, q.title()], "tags": ["B-PER", "I-PER", "O", "B-LOC"]} for p in PEOPLE for v, q in zip(WORDS, PLACES)]
-    ner += [{"tokens": [q.title(), v, p.title()], "tags": ["B-LOC", "O", "B-PER"]} for p in PEOPLE[:3] for v, q in zip(WORDS, PLACES)]
+    ner = [{"tokens": [p.title(), "Smith", v, q.title()], "tags": ["B-PER", "I-PER", "O", "B-LOC"]}
+           for p in PEOPLE for v, q in zip(WORDS, PLACES)]
+    ner += [{"tokens": [q.title(), v, p.title()], "tags": ["B-LOC", "O", "B-PER"]}
+            for p in PEOPLE[:3] for v, q in zip(WORDS, PLACES)]
     write_jsonl(d/"ner"/"train.jsonl", ner); write_jsonl(d/"ner"/"validation.jsonl", ner[::5])
     tn = tiny_bert(d/"tb_ner", PEOPLE + PLACES + WORDS + ["smith"])
     (d/"ner.yaml").write_text(json.dumps({"component": "ner", "model_name": str(tn), "dataset_path": str(d/"ner"),
@@ -55,7 +62,11 @@ def test_relation_artifact_calibration_and_onnx_parity(trained):
     info = json.loads((v/"checkpoint"/"relation.json").read_text())
     assert info["labels"] == ["founded_by", "no_relation", "works_for"] and info["label2id"]["works_for"] == 2
     cal = json.loads((v/"checkpoint"/"calibration.json").read_text())
-    assert cal["temperature"] == info["temperature"] > 0 and cal["ece_after"] <= cal["ece_before"] and len(cal["reliability_after"]) == 15
+    assert cal["temperature"] == info["temperature"] > 0 and cal["ece_after"] <= cal["ece_before"]
+    assert len(cal["reliability_after"]) == 15
+    rows = [json.loads(l) for l in (v/"metrics.jsonl").read_text().splitlines() if l.strip()]
+    epochs = [r for r in rows if r["type"] == "epoch"]             # group_by_length: length-grouped batches
+    assert epochs and all(0 <= r["pad_share"] < 0.5 for r in epochs)
     assert meta["manifest"]["special_tokens"]["entity_markers"] == ["[E1]", "[/E1]", "[E2]", "[/E2]"]
     assert [o["shape"] for o in meta["onnx"]["outputs"]] == [["batch", 3]]
     comp = RelationComponent(); assets = comp.load(v/"checkpoint")
@@ -93,24 +104,43 @@ def test_ner_artifact_and_onnx(trained, tmp_path):
         a, b = ref(f)[0], ort(f)[0]; m = f["attention_mask"].astype(bool)
         assert np.abs(a - b)[m].max() < 0.01 and (a.argmax(-1) == b.argmax(-1))[m].all()
     out = tmp_path/"eval.json"
-    cli(["evaluate", "ner", "--data", str(d/"ner"/"validation.jsonl"), "--version", "v1", "--onnx", "fp32", "--output", str(out)], ws)
+    cli(["evaluate", "ner", "--data", str(d/"ner"/"validation.jsonl"), "--version", "v1", "--onnx", "fp32",
+         "--output", str(out)], ws)
     assert json.loads(out.read_text())["metrics"]["f1"] == 1.0
 
+def span(text, start, end): return {"text": text, "start": start, "end": end}
+
 BAD_RELATION = [
-    ({"text": "Ada founded Acme.", "entity1": {"text": "Ada", "start": 0, "end": 3}, "entity2": {"text": "Acme", "start": 12, "end": 99}, "label": "x"}, "out of range"),
-    ({"text": "Ada founded Acme.", "entity1": {"text": "Ada", "start": 1, "end": 4}, "entity2": {"text": "Acme", "start": 12, "end": 16}, "label": "x"}, "not its text 'Ada'"),
-    ({"text": "Ada founded Acme.", "entity1": {"text": "Ada founded", "start": 0, "end": 11}, "entity2": {"text": "founded", "start": 4, "end": 11}, "label": "x"}, "overlap"),
-    ({"text": "", "entity1": {"start": 0, "end": 1}, "entity2": {"start": 2, "end": 3}, "label": "x"}, "'text' is empty"),
+    ({"text": "Ada founded Acme.", "entity1": span("Ada", 0, 3), "entity2": span("Acme", 12, 99), "label": "x"},
+     "out of range"),
+    ({"text": "Ada founded Acme.", "entity1": span("Ada", 1, 4), "entity2": span("Acme", 12, 16), "label": "x"},
+     "not its text 'Ada'"),
+    ({"text": "Ada founded Acme.", "entity1": span("Ada founded", 0, 11), "entity2": span("founded", 4, 11),
+      "label": "x"}, "overlap"),
+    ({"text": "", "entity1": {"start": 0, "end": 1}, "entity2": {"start": 2, "end": 3}, "label": "x"},
+     "'text' is empty"),
 ]
 BAD_NER = [({"tokens": ["Ada", "met"], "tags": ["B-PER"]}, "2 tokens but 1 tags"),
            ({"tokens": ["Ada"], "tags": ["PER"]}, "not a BIO tag"),
            ({"tokens": ["Ada", "Smith"], "tags": ["O", "I-PER"]}, "follows 'O'")]
 
-@pytest.mark.parametrize("comp,rec,msg", [("relation", r, m) for r, m in BAD_RELATION] + [("ner", r, m) for r, m in BAD_NER])
+@pytest.mark.parametrize("comp,rec,msg",
+                         [("relation", r, m) for r, m in BAD_RELATION] + [("ner", r, m) for r, m in BAD_NER])
 def test_bad_records_exit_2_naming_file_and_line(tmp_path, comp, rec, msg):
     good = rel("ada", "founded", "acme", "founded_by") if comp == "relation" else {"tokens": ["Ada"], "tags": ["B-PER"]}
     f = write_jsonl(tmp_path/"d"/"train.jsonl", [good, good, rec])
-    (tmp_path/"c.yaml").write_text(json.dumps({"component": comp, "train_file": str(f), "model_name": str(tmp_path/"none")}))
+    (tmp_path/"c.yaml").write_text(json.dumps({"component": comp, "train_file": str(f),
+                                               "model_name": str(tmp_path/"none")}))
     r = cli(["train", comp, "--config", str(tmp_path/"c.yaml")], tmp_path/"ws", check=False)
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"{f}:3" in r.stderr + r.stdout and msg in r.stderr + r.stdout
+
+def test_shipped_configs():
+    "The relation/NER configs load; the SemEval recipe groups by length; the demo NER config trains enough steps."
+    from sphana_trainer.config import load_config
+    sem = load_config(ROOT/"configs"/"relation"/"semeval.yaml", "relation")
+    assert sem.group_by_length and sem.pooling == "both" and sem.metric == "official_f1" and sem.calibrate
+    ner = load_config(ROOT/"configs"/"ner"/"base.yaml", "ner")
+    n = len((ROOT/"sphana_trainer"/"sample_data"/"ner"/"train.jsonl").read_text().splitlines())
+    assert ner.epochs * -(-n // ner.batch_size) >= 80      # 3 epochs of 16 (15 steps) left the sample tagger at F1 0
+    assert load_config(ROOT/"configs"/"relation"/"base.yaml", "relation").component == "relation"
