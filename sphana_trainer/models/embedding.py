@@ -56,7 +56,8 @@ def save_encoder(enc:SentenceEncoder, tok, path:str|Path, max_length:int=128) ->
     enc.backbone.save_pretrained(path); tok.save_pretrained(path)
     mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if enc.normalize: mods.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    if enc.normalize: mods.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                                   "type": "sentence_transformers.models.Normalize"})
     atomic_write_json(path/"modules.json", mods)
     atomic_write_json(path/"sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
     dim = enc.backbone.config.hidden_size
@@ -71,12 +72,14 @@ def save_encoder(enc:SentenceEncoder, tok, path:str|Path, max_length:int=128) ->
 # %% ../../nbs/30_models.embedding.ipynb #1d9aee59
 def text_ids(texts:list[str]) -> torch.Tensor:
     "Stable 63-bit hash per text, so texts can be compared across ranks by identity."
-    return torch.tensor([int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little") >> 1 for t in texts], dtype=torch.long)
+    return torch.tensor([int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(),
+                                        "little") >> 1 for t in texts], dtype=torch.long)
 
 # %% ../../nbs/30_models.embedding.ipynb #df037dc1
 class ContrastiveLoss(nn.Module):
-    "InfoNCE over in-batch (and hard) negatives, fixed or learnable temperature, optional symmetric term, false-negative masking."
-    def __init__(self, temperature:float=0.05, learn_temperature:bool=False, symmetric:bool=False, mask_false_negatives:bool=True):
+    "InfoNCE over in-batch (and hard) negatives; fixed/learnable temperature, symmetric term, false-negative masking."
+    def __init__(self, temperature:float=0.05, learn_temperature:bool=False, symmetric:bool=False,
+                 mask_false_negatives:bool=True):
         super().__init__()
         self.symmetric, self.mask_fn = symmetric, mask_false_negatives
         t = torch.tensor(math.log(temperature))
@@ -87,7 +90,7 @@ class ContrastiveLoss(nn.Module):
     def temperature(self) -> float: return float(self.log_temp.exp())
 
     def _mask(self, rows_ids, cols_ids, pos_col, row_pos_ids):
-        "True where column j is a false negative for row i (same text as row i's positive or query), except the positive itself."
+        "True where column j is a false negative of row i (row i's positive or query text), except its positive."
         fake = (cols_ids[None, :] == row_pos_ids[:, None])
         if rows_ids is not None: fake = fake | rows_ids
         fake[torch.arange(len(pos_col)), pos_col] = False
@@ -124,7 +127,8 @@ class ContrastiveLoss(nn.Module):
             lg = p[pos_col] @ qa.T / self.log_temp.exp().clamp(min=1e-3, max=1.0)
             if self.mask_fn and p_ids is not None:
                 qa_ids = q_all_ids if q_all_ids is not None else q_ids
-                d2 = (qa_ids[None, :] == qa_ids[pos_col][:, None]) | (p_ids[None, :qa.shape[0]] == p_ids[pos_col][:, None])
+                d2 = ((qa_ids[None, :] == qa_ids[pos_col][:, None])
+                      | (p_ids[None, :qa.shape[0]] == p_ids[pos_col][:, None]))
                 d2[torch.arange(B), pos_col] = False
                 lg = lg.masked_fill(d2, torch.finfo(lg.dtype).min)
             loss = (loss + F.cross_entropy(lg, pos_col)) / 2
@@ -168,15 +172,19 @@ class EmbeddingModel(nn.Module):
             n_ids = batch.get("n_ids", torch.full((B,), -1, dtype=torch.long, device=dev))
         q_ids, p_ids, world = batch["q_ids"], batch["p_ids"], _world()
         offset, q_all, q_all_ids = 0, q, q_ids
-        if world > 1:  # one gradient-preserving gather of [q; p; neg] (a single collective keeps the backward order identical on all ranks)
+        # one gradient-preserving gather of [q; p; neg]: a single collective keeps the backward order equal on all ranks
+        if world > 1:
             parts = [q, p] + ([neg] if neg is not None else [])
             g = gather_with_grad(torch.cat(parts)).view(world, len(parts), B, -1)
-            gi = gather_ids(torch.cat([q_ids, p_ids] + ([n_ids, n_valid.long()] if neg is not None else []))).view(world, -1, B)
+            ids = torch.cat([q_ids, p_ids] + ([n_ids, n_valid.long()] if neg is not None else []))
+            gi = gather_ids(ids).view(world, -1, B)
             q_all, p = g[:, 0].reshape(world * B, -1), g[:, 1].reshape(world * B, -1)
             q_all_ids, p_ids = gi[:, 0].reshape(-1), gi[:, 1].reshape(-1)
-            if neg is not None: neg, n_ids, n_valid = g[:, 2].reshape(world * B, -1), gi[:, 2].reshape(-1), gi[:, 3].reshape(-1).bool()
+            if neg is not None:
+                neg, n_ids, n_valid = g[:, 2].reshape(world * B, -1), gi[:, 2].reshape(-1), gi[:, 3].reshape(-1).bool()
             offset = _rank() * B
-        loss = self.loss_fn(q, p, neg, q_ids=q_ids, p_ids=p_ids, n_ids=n_ids, offset=offset, q_all=q_all, q_all_ids=q_all_ids, n_valid=n_valid)
+        loss = self.loss_fn(q, p, neg, q_ids=q_ids, p_ids=p_ids, n_ids=n_ids, offset=offset, q_all=q_all,
+                            q_all_ids=q_all_ids, n_valid=n_valid)
         toks = batch["q"]["attention_mask"].sum() + batch["p"]["attention_mask"].sum()
         return {"loss": loss, "samples": B, "tokens": int(toks)}
 
@@ -204,7 +212,8 @@ def make_collate(tok, max_length:int=128, use_hard_negatives:bool=True):
         if use_hard_negatives and any(ns):
             valid = torch.tensor([n is not None for n in ns])
             b["n"], b["n_valid"] = enc([n for n in ns if n]), valid
-            b["n_ids"] = torch.where(valid, text_ids([n or "" for n in ns]), torch.full((len(ns),), -1, dtype=torch.long))
+            b["n_ids"] = torch.where(valid, text_ids([n or "" for n in ns]),
+                                     torch.full((len(ns),), -1, dtype=torch.long))
         return b
     return collate
 
@@ -239,14 +248,16 @@ class CachedEmbeddingModel(EmbeddingModel):
 @patch
 def forward(self:CachedEmbeddingModel, batch:dict) -> dict:
     if not torch.is_grad_enabled(): return EmbeddingModel.forward(self, batch)
-    if _world() > 1: raise SphanaError("the cached (GradCache) loss runs in one process; unset cached_batch_size under torchrun")
+    if _world() > 1:
+        raise SphanaError("the cached (GradCache) loss runs in one process; unset cached_batch_size under torchrun")
     parts = {k: batch[k] for k in ("q", "p", "n") if k in batch}
     embedded = {k: self._embed(t) for k, t in parts.items()}
     leaves = {k: r.detach().requires_grad_() for k, (r, _) in embedded.items()}
     neg, n_valid = None, batch.get("n_valid")
     if "n" in leaves: neg = torch.zeros_like(leaves["p"]).index_put((n_valid.nonzero(as_tuple=True)[0],), leaves["n"])
     loss = self.loss_fn(leaves["q"], leaves["p"], neg, q_ids=batch["q_ids"], p_ids=batch["p_ids"],
-                        n_ids=batch.get("n_ids") if neg is not None else None, n_valid=n_valid if neg is not None else None)
+                        n_ids=batch.get("n_ids") if neg is not None else None,
+                        n_valid=n_valid if neg is not None else None)
     params = [p for p in self.loss_fn.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, list(leaves.values()) + params)
     cache, pgrads = dict(zip(leaves, grads[:len(leaves)])), grads[len(leaves):]
@@ -272,12 +283,15 @@ def _replay(self:CachedEmbeddingModel, g, saved:dict, cache:dict, params:list, p
 
 # %% ../../nbs/30_models.embedding.ipynb #c496342a
 @torch.no_grad()
-def encode_texts(enc:SentenceEncoder, tok, texts:list[str], batch_size:int=64, max_length:int=128, device="cpu", autocast_dtype=None) -> torch.Tensor:
+def encode_texts(enc:SentenceEncoder, tok, texts:list[str], batch_size:int=64, max_length:int=128, device="cpu",
+                 autocast_dtype=None) -> torch.Tensor:
     "Embeddings of `texts` (float32, on CPU), encoded in batches in eval mode."
     was = enc.training; enc.eval(); out = []
     for i in range(0, len(texts), batch_size):
-        b = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
-        with torch.autocast(device.type if hasattr(device, "type") else str(device).split(":")[0], dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        b = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                return_tensors="pt").to(device)
+        with torch.autocast(device.type if hasattr(device, "type") else str(device).split(":")[0],
+                            dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out.append(enc(b["input_ids"], b["attention_mask"], b.get("token_type_ids")).float().cpu())
     enc.train(was)
     return torch.cat(out) if out else torch.empty(0)
@@ -298,7 +312,8 @@ def ranking_metrics(scores:torch.Tensor, # `[Q, P]` query x passage scores
     return {"recall@1": r1 / n, f"recall@{k}": rk / n, f"mrr@{k}": mrr / n, f"ndcg@{k}": ndcg / n}
 
 # %% ../../nbs/30_models.embedding.ipynb #8aa63813
-def evaluate_retrieval(enc:SentenceEncoder, tok, records:list[dict], batch_size:int=64, max_length:int=128, device="cpu", autocast_dtype=None) -> dict:
+def evaluate_retrieval(enc:SentenceEncoder, tok, records:list[dict], batch_size:int=64, max_length:int=128,
+                       device="cpu", autocast_dtype=None) -> dict:
     "Retrieval metrics and mean positive cosine of `enc` over validation `records`."
     if not records: raise SphanaError("validation set is empty; add records to validation.jsonl")
     triples = [pair_texts(r) for r in records]
