@@ -430,8 +430,8 @@ def run_ingest(cfg:IngestConfig, # the ingestion config
         elif not distributed:
             left = [i for i in range(n) if not _shard_file(sdir, i, n).is_file()]
             log.info(
-                f"shard {idx + 1}/{n} written; waiting for shard(s) {', '.join(str(i) for i in left)} — the last shard"
-                " to finish merges"
+                f"shard {idx + 1}/{n} written; waiting for shard(s) {', '.join(str(i) for i in left)}"
+                " — the last shard to finish merges"
             )
         if distributed: dist.barrier()
     finally:
