@@ -12,8 +12,8 @@ from typing import Any, Iterable, Iterator
 # %% auto #0
 __all__ = ['QUIET_LOGGERS', 'WORKSPACE_DIRS', 'SphanaError', 'get_logger', 'verbose_requested', 'set_verbose', 'workspace',
            'ws_path', 'current_umask', 'atomic_open', 'atomic_write', 'atomic_write_json', 'write_jsonl',
-           'remove_stale_temps', 'encoding_problem', 'require_file', 'check_jsonl_file', 'iter_jsonl', 'fingerprint',
-           'seed_everything', 'select_device', 'fmt_duration', 'in_notebook', 'Progress']
+           'remove_stale_temps', 'encoding_problem', 'require_file', 'check_jsonl_file', 'jsonl_record', 'iter_jsonl',
+           'fingerprint', 'seed_everything', 'select_device', 'fmt_duration', 'in_notebook', 'Progress']
 
 # %% ../nbs/00_core.ipynb #c7750a0f
 class SphanaError(Exception):
@@ -184,6 +184,18 @@ def check_jsonl_file(path:str|Path) -> Path:
     return path
 
 # %% ../nbs/00_core.ipynb #174eff0c
+def jsonl_record(path, # the file, for the message
+                 lineno:int, # its line number, for the message
+                 line:str) -> dict: # the decoded line
+    "One JSONL line as a dict; bad JSON or a non-object raises `SphanaError` naming file and line."
+    try: obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise SphanaError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno}); "
+                          "fix or remove the line") from None
+    if not isinstance(obj, dict):
+        raise SphanaError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
 def iter_jsonl(path:str|Path, # a `.jsonl` file
                with_lineno:bool=False, # yield `(line_number, record)` pairs
               ) -> Iterator:
@@ -192,15 +204,10 @@ def iter_jsonl(path:str|Path, # a `.jsonl` file
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
             if not raw.strip(): continue
-            try: obj = json.loads(raw.decode("utf-8"))
+            try: line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise SphanaError(f"{path}:{i}: not UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
-            except json.JSONDecodeError as e:
-                raise SphanaError(
-                    f"{path}:{i}: invalid JSON ({e.msg}, column {e.colno}); fix or remove the line"
-                ) from None
-            if not isinstance(obj, dict):
-                raise SphanaError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+            obj = jsonl_record(path, i, line)
             yield (i, obj) if with_lineno else obj
 
 # %% ../nbs/00_core.ipynb #44109f59

@@ -8,7 +8,7 @@ import json, re, unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-from ..core import SphanaError, get_logger, iter_jsonl
+from ..core import SphanaError, get_logger, iter_jsonl, jsonl_record
 from ..hub import resolve_model
 
 # %% auto #0
@@ -65,14 +65,7 @@ def _jsonl_docs(path:Path, encoding=None) -> Iterator[Document]:
         lines = enumerate(read_text_file(path, encoding).splitlines(), 1)
         for ln, line in lines:
             if not line.strip(): continue
-            try: rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SphanaError(
-                    f"{path}:{ln}: invalid JSON ({e.msg} at column {e.colno}); fix or remove the line"
-                ) from None
-            if not isinstance(rec, dict):
-                raise SphanaError(f"{path}:{ln}: expected a JSON object, got {type(rec).__name__}")
-            yield _record_doc(rec, f"{path}:{ln}", f"{path.stem}-{ln}")
+            yield _record_doc(jsonl_record(path, ln, line), f"{path}:{ln}", f"{path.stem}-{ln}")
         return
     for ln, rec in iter_jsonl(path, with_lineno=True): yield _record_doc(rec, f"{path}:{ln}", f"{path.stem}-{ln}")
 
