@@ -16,8 +16,8 @@ from ..hub import resolve_model
 
 # %% auto #0
 __all__ = ['mean_pool', 'SentenceEncoder', 'load_encoder', 'save_encoder', 'text_ids', 'ContrastiveLoss', 'gather_with_grad',
-           'gather_ids', 'pair_texts', 'EmbeddingModel', 'make_collate', 'CachedEmbeddingModel', 'encode_texts',
-           'ranking_metrics', 'evaluate_retrieval']
+           'gather_ids', 'length_chunks', 'encode_padded', 'pair_texts', 'EmbeddingModel', 'make_collate',
+           'CachedEmbeddingModel', 'encode_texts', 'ranking_metrics', 'evaluate_retrieval']
 
 # %% ../../nbs/30_models.embedding.ipynb #99e880ce
 def mean_pool(hidden:torch.Tensor, # `[batch, seq, dim]` token states
@@ -149,6 +149,35 @@ def gather_ids(x:torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(out, x.contiguous()); return torch.cat(out)
 
+# %% ../../nbs/30_models.embedding.ipynb #05d42c84
+def length_chunks(lengths:list, # token counts sorted longest first
+                  overhead:int=64, # tokens one more encoder call is worth
+                  min_size:int=4, # texts per chunk at least (the whole side when it has fewer)
+                 ) -> list[tuple[int, int]]:
+    "`(start, end)` chunks of `lengths` minimizing padded tokens + `overhead` per chunk."
+    n = len(lengths); best, cut = [0] + [math.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in [0] + list(range(min_size, j - min_size + 1)):   # every chunk holds min_size texts or more
+            c = best[i] + lengths[i] * (j - i) + overhead
+            if c < best[j]: best[j], cut[j] = c, i
+    out, j = [], n
+    while j: out.append((cut[j], j)); j = cut[j]
+    return out[::-1]
+
+# %% ../../nbs/30_models.embedding.ipynb #eed3b794
+def encode_padded(encoder:SentenceEncoder, t:dict, # a right-padded tokenizer batch
+                  overhead:int|None=64) -> torch.Tensor:
+    "Embeddings of the batch `t`, encoded in length-sorted chunks trimmed to their longest text (rows in order)."
+    m, tt = t["attention_mask"], t.get("token_type_ids")
+    if overhead is None or m.shape[0] < 8 or not bool((m[:, :-1] >= m[:, 1:]).all()):   # not right-padded
+        return encoder(t["input_ids"], m, tt)
+    lens = m.sum(1); order = lens.argsort(descending=True, stable=True); ls = lens[order].tolist()
+    outs = []
+    for a, b in length_chunks(ls, overhead):
+        i, L = order[a:b], max(int(ls[a]), 1)
+        outs.append(encoder(t["input_ids"][i, :L], m[i, :L], None if tt is None else tt[i, :L]))
+    return torch.cat(outs)[order.argsort()]
+
 # %% ../../nbs/30_models.embedding.ipynb #f555cf49
 def pair_texts(rec:dict) -> tuple[str, str, str|None]:
     "`(query, positive, negative|None)` of an embedding record (`query|anchor`, `positive|context`, `negative`)."
@@ -156,11 +185,12 @@ def pair_texts(rec:dict) -> tuple[str, str, str|None]:
 
 class EmbeddingModel(nn.Module):
     "Encoder + contrastive loss; `forward(batch)` returns `{'loss', 'samples', 'tokens'}`."
-    def __init__(self, encoder:SentenceEncoder, loss:ContrastiveLoss):
+    def __init__(self, encoder:SentenceEncoder, loss:ContrastiveLoss,
+                 chunk_overhead:int|None=64): # tokens one more encoder call costs (None: one call per side)
         super().__init__()
-        self.encoder, self.loss_fn = encoder, loss
+        self.encoder, self.loss_fn, self.chunk_overhead = encoder, loss, chunk_overhead
 
-    def _enc(self, t): return self.encoder(t["input_ids"], t["attention_mask"], t.get("token_type_ids"))
+    def _enc(self, t): return encode_padded(self.encoder, t, self.chunk_overhead)
 
     def forward(self, batch:dict) -> dict:
         q, p = self._enc(batch["q"]), self._enc(batch["p"])

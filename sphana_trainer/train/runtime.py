@@ -103,8 +103,11 @@ def make_optimizer(module:nn.Module, lr:float, weight_decay:float) -> torch.opti
     for n, p in module.named_parameters():
         if not p.requires_grad: continue
         (no_decay if p.ndim < 2 or "norm" in n.lower() else decay).append(p)
+    ps = decay + no_decay  # one fused kernel per step where torch has one (CPU, CUDA; float parameters)
+    fused = bool(ps) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in ps)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+        fused=fused or None
     )
 
 def lr_factor(step:int, total:int, warmup:int, kind:str="linear") -> float:
