@@ -15,13 +15,14 @@ from ..core import SphanaError, atomic_write_json, get_logger
 from ..config import RelationConfig
 from ..hub import resolve_model
 from ..models.relation import (CalibratedRelation, RelationClassifier, _rtype, add_markers,
-                                            calibration_bins, encode_relation, fit_temperature, pad_batch,
-                                            read_relations, relation_metrics)
+                                            apply_calibration, calibration_bins, encode_relation, fit_temperature,
+                                            fit_top_label_map, pad_batch, read_relations, relation_metrics)
 from .component import Component, ExportSpec, register
 from .runtime import TrainTask
 
 # %% auto #0
-__all__ = ['class_weights', 'RelationTrainModule', 'RelationAssets', 'predict_logits', 'RelationComponent', 'calibrate']
+__all__ = ['class_weights', 'RelationTrainModule', 'RelationAssets', 'predict_logits', 'RelationComponent', 'calibrate',
+           'recalibrate']
 
 # %% ../../nbs/46_train.relation.ipynb #5a7d4e59
 def class_weights(labels:list, # training label ids
@@ -56,6 +57,7 @@ class RelationAssets:
     markers: list
     temperature: float = 1.0
     folder: Path|None = None
+    top_label_map: dict|None = None  # `{confidence, accuracy}` knots applied after the temperature (None: none)
 
 def _batches(assets:RelationAssets, records:list, batch_size:int):
     "`(input_ids, attention_mask)` tensors for `records`, `batch_size` at a time, in order."
@@ -147,19 +149,28 @@ def _score(self, assets:RelationAssets, records:list, logits:np.ndarray) -> dict
 RelationComponent.score = _score
 
 # %% ../../nbs/46_train.relation.ipynb #cdb04564
-def calibrate(assets:RelationAssets, records:list, logits:np.ndarray) -> dict:
-    "Temperature scaling of `logits` on `records`: temperature, NLL and ECE before/after, reliability bins."
+_APPLY = ("p = softmax(logits / temperature); c = interp(max(p), top_label_map.confidence, top_label_map.accuracy), "
+         "flat outside the knots, at least second / (second + rest) + 1e-6 (the argmax never changes); the top class "
+         "gets c, the others p * (1 - c) / rest (rest: their sum). No top_label_map: p.")
+
+def calibrate(assets:RelationAssets, records:list, logits:np.ndarray,
+              n_bins:int=5, # knots of the top-label map (0: temperature only)
+              min_per_bin:int=100) -> dict: # fewer bins when the split is small; under 2 bins, no map
+    "Temperature (NLL) + top-label map of `logits` on `records`, with ECE, NLL and reliability bins of each stage."
     idx = {l: i for i, l in enumerate(assets.labels)}
-    gold = np.array([idx.get(r["label"], -1) for r in records])
-    t = fit_temperature(logits, gold)
-    def probs(T): z = logits / T; z = np.exp(z - z.max(1, keepdims=True)); return z / z.sum(1, keepdims=True)
-    def nll(T):
-        k = gold >= 0
-        return float(-np.log(np.clip(probs(T)[k, gold[k]], 1e-12, None)).mean()) if k.any() else None
-    (e0, b0), (e1, b1) = calibration_bins(probs(1.0), gold), calibration_bins(probs(t), gold)
-    return {"temperature": t, "method": "temperature_scaling", "fitted_on": "validation", "n": len(records),
-            "ece_before": e0, "ece_after": e1, "nll_before": nll(1.0), "nll_after": nll(t),
-            "reliability_before": b0, "reliability_after": b1}
+    gold = np.array([idx.get(r["label"], -1) for r in records]); k = gold >= 0
+    t = fit_temperature(logits, gold); pt = apply_calibration(logits, {"temperature": t})
+    nb = min(n_bins, len(records) // max(1, min_per_bin))
+    m = fit_top_label_map(pt.max(1), pt.argmax(1) == gold, nb) if nb >= 2 else None
+    cal = {"temperature": t, "top_label_map": m}
+    def stage(p): return (*calibration_bins(p, gold), float(-np.log(np.clip(p[k, gold[k]], 1e-12, None)).mean())
+                          if k.any() else None)
+    (e0, b0, n0), (e1, b1, n1), (e2, b2, n2) = map(stage, (apply_calibration(logits, None), pt,
+                                                          apply_calibration(logits, cal)))
+    return {**cal, "method": "temperature_scaling" + ("+top_label_map" if m else ""), "apply": _APPLY,
+            "fitted_on": "validation", "n": len(records), "ece_before": e0, "ece_after": e2, "nll_before": n0,
+            "nll_after": n2, "ece_temperature": e1, "nll_temperature": n1, "reliability_before": b0,
+            "reliability_after": b2, "reliability_temperature": b1}
 
 # %% ../../nbs/46_train.relation.ipynb #62929714
 def _save(self, task:TrainTask, cfg:RelationConfig, folder:Path) -> Path:
@@ -175,18 +186,19 @@ def _save(self, task:TrainTask, cfg:RelationConfig, folder:Path) -> Path:
                           f"ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
     elif cfg.calibrate:
         get_logger().warning("relation: no validation split; probabilities are not calibrated (temperature 1)")
-    a.temperature = cal["temperature"] if cal else 1.0
+    a.temperature, a.top_label_map = (cal["temperature"], cal["top_label_map"]) if cal else (1.0, None)
     clf.encoder.save_pretrained(folder); a.tokenizer.save_pretrained(folder)
     torch.save({k: v.detach().cpu() for k, v in clf.head.state_dict().items()}, folder/"head.pt")
     atomic_write_json(folder/"relation.json", {"labels": a.labels, "label2id": {l: i for i, l in enumerate(a.labels)},
         "pooling": clf.pooling, "markers": a.markers, "max_length": a.max_length, "temperature": a.temperature,
-        "head_dropout": clf.dropout.p, "inputs": ["input_ids", "attention_mask"], "output": "probabilities"})
+        "top_label_map": a.top_label_map, "head_dropout": clf.dropout.p, "inputs": ["input_ids", "attention_mask"],
+        "output": "probabilities"})
     return folder
 RelationComponent.save = _save
 
 # %% ../../nbs/46_train.relation.ipynb #9890602f
 def _load(self, folder:str|Path, cfg=None) -> RelationAssets:
-    "The classifier, tokenizer, label map and temperature of a checkpoint folder."
+    "The classifier, tokenizer, label map and calibration (temperature, top-label map) of a checkpoint folder."
     from transformers import AutoModel, AutoTokenizer
     folder = Path(folder)
     if not (folder/"relation.json").is_file():
@@ -199,8 +211,22 @@ def _load(self, folder:str|Path, cfg=None) -> RelationAssets:
                              meta.get("head_dropout", 0.1))
     clf.head.load_state_dict(torch.load(folder/"head.pt", map_location="cpu", weights_only=True))
     return RelationAssets(clf.eval(), tok, meta["labels"], meta["max_length"], meta["markers"], meta["temperature"],
-                          folder)
+                          folder, meta.get("top_label_map"))
 RelationComponent.load = _load
+
+# %% ../../nbs/46_train.relation.ipynb #7bcf557e
+def recalibrate(folder:str|Path, # a relation checkpoint folder
+                records:list, # labelled records to fit on (the validation split)
+                batch_size:int=64, **kw) -> dict: # `calibrate` options (`n_bins`, `min_per_bin`)
+    "Refit the calibration of checkpoint `folder` on `records`; rewrites calibration.json and relation.json."
+    comp, folder = RelationComponent(), Path(folder)
+    a = comp.load(folder); cal = calibrate(a, records, predict_logits(a.model, a, records, batch_size), **kw)
+    meta = json.loads((folder/"relation.json").read_text())
+    meta.update(temperature=cal["temperature"], top_label_map=cal["top_label_map"])
+    atomic_write_json(folder/"calibration.json", cal); atomic_write_json(folder/"relation.json", meta)
+    get_logger().info(f"relation calibration of {folder}: T={cal['temperature']:.3f}, "
+                      f"ECE {cal['ece_before']:.4f} -> {cal['ece_temperature']:.4f} -> {cal['ece_after']:.4f}")
+    return cal
 
 # %% ../../nbs/46_train.relation.ipynb #8d5315f2
 def _export_spec(self, assets:RelationAssets, records:list|None=None) -> ExportSpec:
@@ -215,7 +241,7 @@ def _export_spec(self, assets:RelationAssets, records:list|None=None) -> ExportS
     fuse = "bert" if c.model_type in ("bert", "roberta", "distilbert", "xlm-roberta") else None
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
             "probabilities": {0: "batch"}}
-    return ExportSpec(CalibratedRelation(assets.model, assets.temperature).eval(),
+    return ExportSpec(CalibratedRelation(assets.model, assets.temperature, assets.top_label_map).eval(),
                       {"input_ids": ids, "attention_mask": mask},
                       ["input_ids", "attention_mask"], ["probabilities"], axes, fuse,
                       {"num_heads": int(c.num_attention_heads), "hidden_size": int(c.hidden_size)} if fuse else {})
@@ -247,7 +273,7 @@ def _compare(self, ref:list, got:list, atol:float=0.01) -> dict:
 RelationComponent.compare = _compare
 
 def _manifest(self, assets:RelationAssets) -> dict:
-    "Tokenizer, markers, label map, max length, temperature and I/O names for the serving side."
+    "Tokenizer, markers, label map, max length, calibration and I/O names for the serving side."
     folder = assets.folder
     pre = ("tokenizer", "vocab", "special_tokens", "merges")
     files = sorted(p.name for p in folder.iterdir() if p.name.startswith(pre)) if folder else []
@@ -256,8 +282,8 @@ def _manifest(self, assets:RelationAssets) -> dict:
             "special_tokens": {"entity_markers": assets.markers,
                                "ids": assets.tokenizer.convert_tokens_to_ids(assets.markers)},
             "labels": assets.labels, "max_length": assets.max_length, "temperature": assets.temperature,
-            "pooling": assets.model.pooling, "inputs": ["input_ids", "attention_mask"],
-            "output": "probabilities (calibrated)"}
+            "top_label_map": assets.top_label_map, "pooling": assets.model.pooling,
+            "inputs": ["input_ids", "attention_mask"], "output": "probabilities (calibrated)"}
 RelationComponent.manifest = _manifest
 
 # %% ../../nbs/46_train.relation.ipynb #a0f6c21b
