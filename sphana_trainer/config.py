@@ -54,8 +54,8 @@ class ExportConfig(StrictModel):
     quantization: Literal["dynamic", "dynamic_per_channel", "static_qdq", "blockwise_int8"] = (
         "dynamic_per_channel"  # int8 scheme (see export.onnx)
     )
-    int8_candidates: list[str] = ["dynamic_per_channel", "dynamic_per_channel_edges", "dynamic", "static_qdq",
-                                  "weight_only"]  # recipes tried
+    int8_candidates: list[str] = ["dynamic_per_channel", "dynamic_per_channel_edges", "dynamic", "dynamic_per_row",
+                                  "dynamic_per_row_outliers", "static_qdq", "weight_only"]  # recipes tried
     require_int8: bool = False               # fail the export when no int8 recipe passes (default: publish fp32 only)
     quantize_exclude: list[str] = ["*.layer.0.output.dense"]  # node-name / module patterns kept in fp32 (fnmatch)
     fuse: bool = True                        # also try an ONNX Runtime fused fp32 graph; ship the fastest at parity

@@ -11,11 +11,12 @@ import torch
 from ..core import SphanaError, atomic_write_json, get_logger
 from ..config import ExportConfig
 from ..train.component import Component, ExportSpec, ort_infer, torch_infer
-from .onnx import _quiet, quantize_onnx, save_onnx
+from .onnx import _quiet, excluded_nodes, quantize_onnx, save_onnx
 
 # %% auto #0
 __all__ = ['INT8_RECIPES', 'OUTLIER_FACTOR', 'QUANT_OPS', 'export_spec', 'run_all', 'concat_outputs', 'speed', 'fused_graph',
-           'input_outlier_ratios', 'outlier_nodes', 'build_int8', 'export_checkpoint']
+           'input_outlier_ratios', 'outlier_nodes', 'per_row_int8', 'row_int8_targets', 'quantize_per_row',
+           'build_int8', 'export_checkpoint']
 
 # %% ../../nbs/51_export.generic.ipynb #581972f0
 def _dynamic_shapes(spec:ExportSpec) -> dict:
@@ -105,7 +106,7 @@ def fused_graph(spec:ExportSpec, path:str|Path, opset:int=17) -> Path|None:
 
 # %% ../../nbs/51_export.generic.ipynb #1e7567f4
 INT8_RECIPES = ("dynamic_per_channel", "dynamic_per_channel_outliers", "dynamic_per_channel_edges", "dynamic",
-                "static_qdq", "weight_only")
+                "dynamic_per_row", "dynamic_per_row_outliers", "static_qdq", "weight_only")
 
 def _edge_patterns(spec:ExportSpec) -> list:
     "Module patterns of the first and last transformer layers (when the module has numbered layers)."
@@ -152,6 +153,82 @@ def outlier_nodes(src:str|Path, feeds:list, factor:float=OUTLIER_FACTOR) -> list
     r = input_outlier_ratios(src, feeds); med = float(np.median(list(r.values()))) if r else 0.0
     return [n for n, v in sorted(r.items(), key=lambda kv: -kv[1]) if v > factor * med]
 
+# %% ../../nbs/51_export.generic.ipynb #77ae6de9
+def _row_consts(p:str, W:np.ndarray) -> list:
+    "Initializers of one per-row int8 MatMul `p`: int8 weights, column scales and sums, shape constants."
+    from onnx import numpy_helper
+    K, M = W.shape; ws = (np.abs(W).max(0).clip(1e-8) / 127).astype(np.float32)
+    wq = np.clip(np.round(W / ws), -127, 127).astype(np.int8)
+    vals = {"wq": wq, "ws": ws, "colsum": (wq * ws).sum(0).astype(np.float32), "to2d": np.array([-1, K], np.int64),
+            "m": np.array([M], np.int64), "flat": np.array([-1], np.int64), "ax": np.array([1], np.int64),
+            "beg": np.array([0], np.int64), "end": np.array([-1], np.int64), "half": np.float32(0.5),
+            "inv": np.float32(1 / 127), "eps": np.float32(1e-8), "zero": np.float32(0), "u128": np.float32(128),
+            "zp": np.uint8(128), "one": np.float32(1)}
+    return [numpy_helper.from_array(np.asarray(v), f"{p}_{k}") for k, v in vals.items()]
+
+# %% ../../nbs/51_export.generic.ipynb #1b426ff2
+def _row_quant_nodes(p:str, x:str, op18:bool) -> tuple[list, str, str, str]:
+    "Nodes quantizing `x` per row (flattened to 2-D): returns (nodes, uint8 rows, row scales, row centres)."
+    from onnx import helper, TensorProto
+    c, nodes = lambda k: f"{p}_{k}", []
+    def n(op, ins, o, **kw): nodes.append(helper.make_node(op, ins, [c(o)], name=c(o), **kw)); return c(o)
+    red = lambda op, i, o: n(op, [i, c("ax")], o, keepdims=1) if op18 else n(op, [i], o, axes=[1], keepdims=1)
+    xs = n("Reshape", [x, c("to2d")], "x2"); hi, lo = red("ReduceMax", xs, "hi"), red("ReduceMin", xs, "lo")
+    mid = n("Mul", [n("Add", [hi, lo], "hl"), c("half")], "mid")
+    s = n("Max", [n("Mul", [n("Sub", [hi, mid], "hh"), c("inv")], "sc"), c("eps")], "s")
+    s1 = n("Reshape", [s, c("flat")], "s1")
+    zp = n("Cast", [n("Add", [n("Mul", [s1, c("zero")], "z0"), c("u128")], "z1")], "zpr", to=TensorProto.UINT8)
+    return nodes, n("QuantizeLinear", [n("Sub", [xs, mid], "xc"), s1, zp], "q", axis=0), s, mid
+
+# %% ../../nbs/51_export.generic.ipynb #e6a96639
+def _row_matmul_nodes(p:str, x:str, y:str, op18:bool) -> list:
+    "Nodes computing `y = x @ W` with `x` quantized per row and the int8 weights of `_row_consts(p, W)`."
+    from onnx import helper
+    nodes, q, s, mid = _row_quant_nodes(p, x, op18); c = lambda k: f"{p}_{k}"
+    def n(op, ins, o, **kw): nodes.append(helper.make_node(op, ins, [o], name=o, **kw)); return o
+    yf = n("MatMulIntegerToFloat", [q, c("wq"), c("one"), c("ws"), c("zp")], c("yf"), domain="com.microsoft")
+    y2 = n("Add", [n("Mul", [yf, s], c("ys")), n("Mul", [mid, c("colsum")], c("mc"))], c("y2"))
+    lead = n("Slice", [n("Shape", [x], c("shx")), c("beg"), c("end")], c("lead"))
+    n("Reshape", [y2, n("Concat", [lead, c("m")], c("shy"), axis=0)], y)
+    return nodes
+
+# %% ../../nbs/51_export.generic.ipynb #783b79ac
+def per_row_int8(model, # an `onnx.ModelProto` with its weights loaded (changed in place)
+                 names:set) -> int: # MatMul nodes to rewrite (their weight: a 2-D initializer)
+    "Rewrite the MatMul nodes `names` into per-row int8 (see above); returns how many were rewritten."
+    import onnx
+    g, inits, nodes, consts = model.graph, {i.name: i for i in model.graph.initializer}, [], []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13: raise SphanaError(f"per-row int8 needs ONNX opset >= 13 (per-axis QuantizeLinear); got {opset}")
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    for i, nd in enumerate(g.node):
+        if nd.name not in names: nodes.append(nd); continue
+        consts += _row_consts(f"rowq{i}", onnx.numpy_helper.to_array(inits[nd.input[1]]).astype(np.float32))
+        nodes += _row_matmul_nodes(f"rowq{i}", nd.input[0], nd.output[0], opset >= 18)
+    done = sum(nd.name in names for nd in g.node)
+    used = {t for nd in nodes for t in nd.input}; keep = [t for t in [*g.initializer, *consts] if t.name in used]
+    del g.node[:], g.initializer[:]; g.node.extend(nodes); g.initializer.extend(keep)
+    return done
+
+# %% ../../nbs/51_export.generic.ipynb #2ae54c2c
+def row_int8_targets(model, exclude:list) -> list:
+    "MatMul nodes whose weight is a 2-D initializer, minus those matched by the `exclude` patterns."
+    dims, ex = {i.name: len(i.dims) for i in model.graph.initializer}, set(excluded_nodes(model, exclude))
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and len(n.input) > 1 and dims.get(n.input[1]) == 2 and n.name not in ex]
+
+def quantize_per_row(src:str|Path, dst:str|Path, exclude:list, only:list|None=None) -> dict:
+    "int8 copy of `src`: weight MatMuls (all, or those in `only`) per-row, the other weight nodes dynamic per-channel."
+    import onnx
+    t0, m = time.perf_counter(), onnx.load(str(src))
+    rows = [r for r in row_int8_targets(m, exclude) if only is None or r in only]
+    with tempfile.TemporaryDirectory() as td:
+        quantize_onnx(src, Path(td)/"d.onnx", "dynamic_per_channel", list(exclude) + rows)
+        q = onnx.load(str(Path(td)/"d.onnx")); n = per_row_int8(q, set(rows)); save_onnx(q, dst)
+    return {"scheme": "dynamic_per_row", "per_row_nodes": n, "excluded": excluded_nodes(m, exclude),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
 # %% ../../nbs/51_export.generic.ipynb #a26e1820
 def build_int8(recipe:str, src:Path, dst:Path, spec:ExportSpec, cfg:ExportConfig, calib_feeds:list) -> dict:
     "Write the int8 candidate `recipe` of graph `src` to `dst`; returns its build info."
@@ -162,6 +239,9 @@ def build_int8(recipe:str, src:Path, dst:Path, spec:ExportSpec, cfg:ExportConfig
         return quantize_onnx(src, dst, "dynamic_per_channel", cfg.quantize_exclude + outlier_nodes(src, calib_feeds))
     if recipe == "dynamic_per_channel_edges":
         return quantize_onnx(src, dst, "dynamic_per_channel", cfg.quantize_exclude + _edge_patterns(spec))
+    if recipe == "dynamic_per_row": return quantize_per_row(src, dst, cfg.quantize_exclude)
+    if recipe == "dynamic_per_row_outliers":
+        return quantize_per_row(src, dst, cfg.quantize_exclude, outlier_nodes(src, calib_feeds))
     if recipe == "weight_only": return quantize_onnx(src, dst, "blockwise_int8", cfg.quantize_exclude)
     if recipe == "static_qdq":
         from onnxruntime.quantization import quantize_static, QuantType, QuantFormat
