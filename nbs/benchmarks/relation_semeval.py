@@ -3,16 +3,24 @@
 After `sphana-trainer train relation --config configs/relation/semeval.yaml --version V` (see that config), prints:
 training time and throughput (metadata.json, metrics.jsonl), the validation curve, temperature scaling on validation
 (checkpoint/calibration.json), the held-out test split scored once: official SemEval score (9 directed types, `Other`
-excluded), 19-way macro-F1, accuracy, ECE before (T = 1) and after temperature scaling; ONNX Runtime fp32 and int8 on
-the same test split (probability gap to PyTorch, argmax changes, scores) and the int8 candidates of parity.json.
+excluded), 19-way macro-F1, accuracy, ECE before (T = 1), after the temperature alone and after the full calibration
+(temperature + top-label map); ONNX Runtime fp32 and int8 on the same test split (probability gap to PyTorch, argmax
+changes, scores) and the int8 candidates of parity.json.
 
     .venv/bin/python nbs/benchmarks/relation_semeval.py --version V [--test target/datasets/semeval2010/test.jsonl]
+
+With `--calibration-cv VALIDATION.jsonl` it prints instead the choice of calibrator: candidates fitted on one half of
+the validation split and scored (ECE, NLL) on the other, over repeated stratified 2-fold splits (the test split is not
+read).
 """
 import argparse, json
 from pathlib import Path
 import numpy as np
+import torch
+import torch.nn.functional as F
 from sphana_trainer.artifacts import component_root, version_dir
-from sphana_trainer.models.relation import calibration_bins, relation_metrics
+from sphana_trainer.models.relation import (apply_calibration, calibration_bins, fit_temperature, fit_top_label_map,
+                                            relation_metrics)
 from sphana_trainer.train.component import ort_infer
 from sphana_trainer.train.relation import RelationComponent, predict_logits
 
@@ -39,18 +47,20 @@ def test_scores(comp, d:Path, test:list) -> dict:
     a = comp.load(d/"checkpoint"); gold = [r["label"] for r in test]
     idx = {l: i for i, l in enumerate(a.labels)}; g = np.array([idx.get(l, -1) for l in gold])
     lg = predict_logits(a.model, a, test); p1, pt = softmax(lg), softmax(lg / a.temperature)
+    pc = apply_calibration(lg, {"temperature": a.temperature, "top_label_map": a.top_label_map})
     pred = [a.labels[i] for i in lg.argmax(1)]
-    m = relation_metrics(gold, pred, a.labels, pt, details=False)
+    m = relation_metrics(gold, pred, a.labels, pc, details=False)
     out = {"pytorch": {k: v for k, v in m.items() if k in KEYS}, "temperature": a.temperature,
-           "ece_before": calibration_bins(p1, g)[0], "ece_after": calibration_bins(pt, g)[0]}
+           "top_label_map": a.top_label_map, "ece_before": calibration_bins(p1, g)[0],
+           "ece_temperature": calibration_bins(pt, g)[0], "ece_after": calibration_bins(pc, g)[0]}
     for kind, f in (("onnx_fp32", "model.onnx"), ("onnx_int8", "model.quant.onnx")):
         if not (d/"onnx"/f).is_file(): continue
         inf = ort_infer(d/"onnx"/f)
         po = np.concatenate([np.asarray(inf(x)[0], np.float64) for x in comp.feeds(a, test, 32)])
         m = relation_metrics(gold, [a.labels[i] for i in po.argmax(1)], a.labels, po, details=False)
         out[kind] = {**{k: v for k, v in m.items() if k in KEYS},
-                     "max_abs_diff_vs_pytorch": float(np.abs(po - pt).max()),
-                     "argmax_changes": int((po.argmax(1) != pt.argmax(1)).sum())}
+                     "max_abs_diff_vs_pytorch": float(np.abs(po - pc).max()),
+                     "argmax_changes": int((po.argmax(1) != pc.argmax(1)).sum())}
     return out
 
 def int8_table(d:Path) -> dict:
@@ -62,16 +72,116 @@ def int8_table(d:Path) -> dict:
             "int8_candidates": [{k: r.get(k) for k in cols} for r in p.get("int8_candidates", [])],
             "int8_shipped": (p.get("int8") or {}).get("recipe"), "int8_reason": p.get("int8_reason")}
 
+def _ece(p, g): return calibration_bins(p, g)[0]
+def _nll(p, g): k = g >= 0; return float(-np.log(np.clip(p[k, g[k]], 1e-12, None)).mean())
+
+def _lbfgs(params, loss):
+    opt = torch.optim.LBFGS(params, lr=0.1, max_iter=500, line_search_fn="strong_wolfe")
+    def closure(): opt.zero_grad(); v = loss(); v.backward(); return v
+    opt.step(closure)
+
+def _scaled(vector:bool, l2:float=1e-2):
+    "Temperature (one, or one per class) + per-class bias by NLL with an L2 penalty on the bias."
+    def fit(z, g):
+        x, y, k = torch.tensor(z), torch.tensor(g), z.shape[1]
+        lt = torch.zeros(k if vector else (), dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+        _lbfgs([lt, b], lambda: F.cross_entropy(x / lt.exp() + b, y) + l2 * (b ** 2).sum())
+        t, b = lt.detach().exp().numpy(), b.detach().numpy()
+        return lambda q: softmax(q / t + b)
+    return fit
+
+def _ts(z, g): t = fit_temperature(z, g); return lambda q: softmax(q / t)
+def _ts_ece(z, g):
+    ts = np.exp(np.linspace(np.log(0.5), np.log(5), 200)); t = ts[np.argmin([_ece(softmax(z / t), g) for t in ts])]
+    return lambda q: softmax(q / t)
+def _ets(z, g):
+    "Ensemble temperature scaling: w1 softmax(z/T) + w2 softmax(z) + w3 uniform, weights by NLL on a grid."
+    t = fit_temperature(z, g); k = z.shape[1]; a, b = softmax(z / t), softmax(z)
+    w = min(((w1, w2) for w1 in np.linspace(0, 1, 51) for w2 in np.linspace(0, 1 - w1, 51)),
+            key=lambda w: _nll(w[0] * a + w[1] * b + (1 - w[0] - w[1]) / k, g))
+    return lambda q: w[0] * softmax(q / t) + w[1] * softmax(q) + (1 - w[0] - w[1]) / k
+
+def _top_label(mapper):
+    "Temperature, then the top label's confidence through `mapper(conf, right)`, the others rescaled."
+    def fit(z, g):
+        t = fit_temperature(z, g); p = softmax(z / t); m = mapper(p.max(1), (p.argmax(1) == g).astype(float))
+        def ap(q):
+            p = softmax(q / t); c = p.max(1); c2 = np.clip(m(c), 1e-6, 1 - 1e-6)
+            out = p * ((1 - c2) / np.clip(1 - c, 1e-12, None))[:, None]; out[np.arange(len(p)), p.argmax(1)] = c2
+            return out
+        return ap
+    return fit
+
+def _platt(c, r):
+    lo = lambda v: np.log(np.clip(v, 1e-6, 1 - 1e-6) / np.clip(1 - v, 1e-6, None))
+    a, b = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (1.0, 0.0))
+    X, Y = torch.tensor(lo(c)), torch.tensor(r)
+    _lbfgs([a, b], lambda: F.binary_cross_entropy_with_logits(a * X + b, Y))
+    A, B = float(a.detach()), float(b.detach()); return lambda v: 1 / (1 + np.exp(-(A * lo(v) + B)))
+def _isotonic(c, r):
+    from sklearn.isotonic import IsotonicRegression
+    return IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(c, r).predict
+def _histogram(nb):
+    "Histogram binning: one value (the bin's accuracy) per equal-count bin."
+    def m(c, r):
+        e = np.quantile(c, np.linspace(0, 1, nb + 1)); e[0], e[-1] = 0, 1
+        b = lambda v: np.clip(np.searchsorted(e, v, side="right") - 1, 0, nb - 1)
+        v = np.array([r[b(c) == j].mean() if (b(c) == j).any() else 0.5 for j in range(nb)])
+        return lambda x: v[b(x)]
+    return m
+def _map(nb):
+    "The shipped calibration: temperature + top-label map with `nb` knots (`apply_calibration`)."
+    def fit(z, g):
+        t = fit_temperature(z, g); p = softmax(z / t)
+        cal = {"temperature": t, "top_label_map": fit_top_label_map(p.max(1), p.argmax(1) == g, nb)}
+        return lambda q: apply_calibration(q, cal)
+    return fit
+
+CANDIDATES = {"uncalibrated": lambda z, g: softmax, "temperature (NLL)": _ts, "temperature (min ECE)": _ts_ece,
+              "temperature + class bias (L2 1e-2)": _scaled(False), "vector scaling (L2 1e-2)": _scaled(True),
+              "ensemble temperature scaling": _ets, "temperature + top-label Platt": _top_label(_platt),
+              "temperature + top-label isotonic": _top_label(_isotonic),
+              **{f"temperature + histogram binning {n}": _top_label(_histogram(n)) for n in (3, 5, 10)},
+              **{f"temperature + top-label map {n} (shipped: 5)": _map(n) for n in (3, 4, 5, 6, 8)}}
+
+def calibration_cv(comp, d:Path, val:list, repeats:int=25) -> dict:
+    "Held-out ECE / NLL of each candidate over `repeats` stratified 2-fold splits of the validation records."
+    from sklearn.model_selection import StratifiedKFold
+    a = comp.load(d/"checkpoint"); idx = {l: i for i, l in enumerate(a.labels)}
+    z = predict_logits(a.model, a, val).astype(np.float64); g = np.array([idx.get(r["label"], -1) for r in val])
+    strat = np.where(np.bincount(g[g >= 0], minlength=len(a.labels))[np.maximum(g, 0)] >= 2, g, -1)
+    res = {k: {"ece": [], "nll": [], "argmax_changes": []} for k in CANDIDATES}
+    for rep in range(repeats):
+        for tr, te in StratifiedKFold(2, shuffle=True, random_state=rep).split(z, strat):
+            for k, fit in CANDIDATES.items():
+                p = fit(z[tr], g[tr])(z[te])
+                res[k]["ece"].append(_ece(p, g[te])); res[k]["nll"].append(_nll(p, g[te]))
+                res[k]["argmax_changes"].append(int((p.argmax(1) != z[te].argmax(1)).sum()))
+    base = np.array(res["temperature (NLL)"]["ece"])
+    return {k: {"ece": float(np.mean(v["ece"])), "ece_sd": float(np.std(v["ece"])), "nll": float(np.mean(v["nll"])),
+                "ece_vs_temperature": float(np.mean(np.array(v["ece"]) - base)),
+                "lower_than_temperature": float(np.mean(np.array(v["ece"]) < base)),
+                "argmax_changes": float(np.mean(v["argmax_changes"]))} for k, v in res.items()}
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--version", required=True); ap.add_argument("--artifacts", default=None, help="artifact root")
     ap.add_argument("--test", default="target/datasets/semeval2010/test.jsonl")
     ap.add_argument("--out", default=None, help="also write the summary JSON here")
+    ap.add_argument("--calibration-cv", default=None, help="validation file: compare calibrators on it (only)")
+    ap.add_argument("--repeats", type=int, default=25, help="2-fold splits of --calibration-cv")
     a = ap.parse_args()
     comp = RelationComponent(); d = version_dir(component_root("relation", a.artifacts), a.version)
+    if a.calibration_cv:
+        res = {"version": d.name, "validation": a.calibration_cv, "repeats": a.repeats,
+               "candidates": calibration_cv(comp, d, comp.read(a.calibration_cv), a.repeats)}
+        if a.out: Path(a.out).write_text(json.dumps(res, indent=2))
+        return print(json.dumps(res, indent=2))
     res = {"version": d.name, "training": training(d),
-           "calibration_validation": {k: json.loads((d/"checkpoint"/"calibration.json").read_text())[k]
-                                      for k in ("temperature", "ece_before", "ece_after", "nll_before", "nll_after")},
+           "calibration_validation": {k: json.loads((d/"checkpoint"/"calibration.json").read_text()).get(k)
+                                      for k in ("temperature", "top_label_map", "ece_before", "ece_temperature",
+                                                "ece_after", "nll_before", "nll_temperature", "nll_after")},
            "test": test_scores(comp, d, comp.read(a.test)), "export": int8_table(d)}
     if a.out: Path(a.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
