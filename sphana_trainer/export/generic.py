@@ -163,7 +163,7 @@ def _row_consts(p:str, W:np.ndarray) -> list:
             "m": np.array([M], np.int64), "flat": np.array([-1], np.int64), "ax": np.array([1], np.int64),
             "beg": np.array([0], np.int64), "end": np.array([-1], np.int64), "half": np.float32(0.5),
             "inv": np.float32(1 / 127), "eps": np.float32(1e-8), "zero": np.float32(0), "u128": np.float32(128),
-            "zp": np.uint8(128), "one": np.float32(1)}
+            "zp": np.uint8(128), "one": np.float32(1), "bzp": np.zeros(M, np.int8)}
     return [numpy_helper.from_array(np.asarray(v), f"{p}_{k}") for k, v in vals.items()]
 
 # %% ../../nbs/51_export.generic.ipynb #1b426ff2
@@ -185,8 +185,9 @@ def _row_matmul_nodes(p:str, x:str, y:str, op18:bool) -> list:
     "Nodes computing `y = x @ W` with `x` quantized per row and the int8 weights of `_row_consts(p, W)`."
     from onnx import helper
     nodes, q, s, mid = _row_quant_nodes(p, x, op18); c = lambda k: f"{p}_{k}"
+    # the explicit weight zero point (zeros) selects ONNX Runtime's fast u8s8 kernel: 1.6x faster without it
     def n(op, ins, o, **kw): nodes.append(helper.make_node(op, ins, [o], name=o, **kw)); return o
-    yf = n("MatMulIntegerToFloat", [q, c("wq"), c("one"), c("ws"), c("zp")], c("yf"), domain="com.microsoft")
+    yf = n("MatMulIntegerToFloat", [q, c("wq"), c("one"), c("ws"), c("zp"), c("bzp")], c("yf"), domain="com.microsoft")
     y2 = n("Add", [n("Mul", [yf, s], c("ys")), n("Mul", [mid, c("colsum")], c("mc"))], c("y2"))
     lead = n("Slice", [n("Shape", [x], c("shx")), c("beg"), c("end")], c("lead"))
     n("Reshape", [y2, n("Concat", [lead, c("m")], c("shy"), axis=0)], y)
