@@ -33,9 +33,9 @@ LOCK = "/tmp/sphana-bench.lock"
 # dataset variants: dataset-build-from-beir options (all share the split: same --val-ratio and --seed)
 DATASETS = {
     "inbatch": ["--hard-negatives", "0"],
-    "bm25": ["--hard-negatives", "1", "--miner", "bm25", "--relative-margin", "-1"],
+    "bm25": ["--hard-negatives", "1", "--miner", "bm25", "--range-min", "0", "--relative-margin", "-1"],
     "bm25_guard": ["--hard-negatives", "1", "--miner", "bm25", "--range-min", "2", "--relative-margin", "0.05"],
-    "enc": ["--hard-negatives", "1", "--miner", "encoder", "--relative-margin", "-1"],
+    "enc": ["--hard-negatives", "1", "--miner", "encoder", "--range-min", "0", "--relative-margin", "-1"],
     "enc_guard": ["--hard-negatives", "1", "--miner", "encoder", "--range-min", "2", "--relative-margin", "0.05"],
 }
 # recipe -> (trainer, dataset, overrides)
@@ -44,19 +44,25 @@ RECIPES = {
     "in-batch only": ("ours", "inbatch", {}),
     "BM25 negatives": ("ours", "bm25", {}),
     "BM25 negatives + guards": ("ours", "bm25_guard", {}),
+    "BM25 negatives + guards, 3 epochs": ("ours", "bm25_guard", {"epochs": 3}),
     "encoder negatives, no guards": ("ours", "enc", {}),
     "encoder negatives + guards": ("ours", "enc_guard", {}),
     "encoder negatives + guards, cached batch 128": ("ours", "enc_guard", {"batch_size": 128, "cached_batch_size": 32}),
+    "in-batch only, 3 epochs": ("ours", "inbatch", {"epochs": 3}),
     "encoder negatives + guards, 3 epochs": ("ours", "enc_guard", {"epochs": 3}),
+    "ST MNRL (in-batch only)": ("st", "inbatch", {}),
     "ST MNRL (encoder negatives + guards)": ("st", "enc_guard", {}),
-    "ST CachedMNRL batch 128 (encoder negatives + guards)": ("st", "enc_guard", {"batch_size": 128, "cached_batch_size": 32}),
+    "ST MNRL (BM25 negatives + guards)": ("st", "bm25_guard", {}),
+    "ST CachedMNRL batch 128 (encoder negatives + guards)": ("st", "enc_guard",
+                                                             {"batch_size": 128, "cached_batch_size": 32}),
 }
 
 def sh(*args, env=None, log=None):
     "Run a command; raise with its output tail on failure."
     r = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env)
     if log: Path(log).write_text(r.stdout + r.stderr)
-    if r.returncode: raise SystemExit(f"{' '.join(map(str, args))} failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+    if r.returncode:
+        raise SystemExit(f"{' '.join(map(str, args))} failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
     return r.stdout
 
 def uptime(): return Path("/proc/loadavg").read_text().split()[0]
@@ -76,12 +82,14 @@ def prepare(a, work:Path, names):
         if not (out/"build_meta.json").exists():
             pre, th = aux(a)
             sh(*pre, *CLI, "dataset-build-from-beir", a.beir, "-o", out, "--val-ratio", a.val_ratio,
-               "--seed", a.seed, "--max-length", a.max_length, *DATASETS[name], env=env(th, work), log=work/f"build_{name}.log")
+               "--seed", a.seed, "--max-length", a.max_length, *DATASETS[name], env=env(th, work),
+               log=work/f"build_{name}.log")
         tr = work/"train"/name/"train.jsonl"        # training queries only: no validation.jsonl beside it
         if not tr.exists(): tr.parent.mkdir(parents=True, exist_ok=True); shutil.copy(out/"embedding"/"train.jsonl", tr)
     ho = work/"holdout"
     if not (ho/"qrels"/"test.tsv").exists():
-        held = {json.loads(l)["query_id"] for l in (work/"ds"/names[0]/"gnn"/"validation.jsonl").read_text().splitlines()}
+        val = (work/"ds"/names[0]/"gnn"/"validation.jsonl").read_text().splitlines()
+        held = {json.loads(l)["query_id"] for l in val}
         (ho/"qrels").mkdir(parents=True, exist_ok=True)
         for f in ("corpus.jsonl", "queries.jsonl"): shutil.copy(Path(a.beir)/f, ho/f)
         lines = [l for f in sorted((Path(a.beir)/"qrels").glob("*.tsv")) for l in f.read_text().splitlines()[1:]
@@ -116,7 +124,8 @@ def train_ours(a, work:Path, name:str, train:Path, ov:dict, group_by_length=True
     return v, meta["metrics"]["train_seconds"], {"load_start": load0, "load_end": uptime()}
 
 def evaluate(a, work:Path, ho:Path, *, version=None, model=None) -> dict:
-    out = work/"evals"/f"{version or Path(model).parent.name + '-' + Path(model).name}.json"; out.parent.mkdir(exist_ok=True)
+    out = work/"evals"/f"{version or Path(model).parent.name + '-' + Path(model).name}.json"
+    out.parent.mkdir(exist_ok=True)
     sel = ["--version", version] if version else ["--model", model]
     pre, th = aux(a)
     sh(*pre, *CLI, "evaluate", "embedding", "--data", ho, *sel, "--output", out, env=env(th, work))
@@ -126,7 +135,8 @@ def st_rows(train:Path):
     "train.jsonl as sentence-transformers datasets: triplets and (for pairs without a negative) plain pairs."
     from datasets import Dataset, DatasetDict
     recs = [json.loads(l) for l in train.read_text().splitlines()]
-    tri = [{"anchor": r["query"], "positive": r["positive"], "negative": r["negative"]} for r in recs if r.get("negative")]
+    tri = [{"anchor": r["query"], "positive": r["positive"], "negative": r["negative"]}
+           for r in recs if r.get("negative")]
     pairs = [{"anchor": r["query"], "positive": r["positive"]} for r in recs if not r.get("negative")]
     parts = {k: Dataset.from_list(v) for k, v in (("triplets", tri), ("pairs", pairs)) if v}
     return (next(iter(parts.values())) if len(parts) == 1 else DatasetDict(parts)), len(recs)
@@ -134,14 +144,16 @@ def st_rows(train:Path):
 def train_st(a, work:Path, name:str, train:Path, ov:dict) -> tuple[Path, float, int]:
     "sentence-transformers' own trainer; returns (model folder, training seconds, records)."
     import torch
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
     from sentence_transformers.sentence_transformer.losses import (MultipleNegativesRankingLoss,
                                                                    CachedMultipleNegativesRankingLoss)
     from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
     sys.path.insert(0, str(ROOT)); from sphana_trainer.hub import resolve_model
     torch.set_num_threads(2); s = settings(a, ov)
     model = SentenceTransformer(str(resolve_model(BASE)), device="cpu"); model.max_seq_length = s["max_length"]
-    loss = (CachedMultipleNegativesRankingLoss(model, scale=1 / s["temperature"], mini_batch_size=s["cached_batch_size"])
+    loss = (CachedMultipleNegativesRankingLoss(model, scale=1 / s["temperature"],
+                                               mini_batch_size=s["cached_batch_size"])
             if s.get("cached_batch_size") else MultipleNegativesRankingLoss(model, scale=1 / s["temperature"]))
     ds, n = st_rows(train)
     out = work/"st"/f"{name.split()[1]}-{int(time.time())}"
@@ -184,37 +196,42 @@ def run_recipes(a, work:Path):
         res = json.loads(res_f.read_text()) if res_f.exists() else {}
         if r in res: continue
         cmd = ["flock", LOCK, "timeout", "2400"] if a.lock else ["nice", "-n", "19"]
-        out = sh(*cmd, sys.executable, __file__, "--one", r, "--beir", a.beir, "--work", work, "--val-ratio", a.val_ratio,
-                 "--seed", a.seed, "--epochs", a.epochs, "--batch", a.batch, "--max-length", a.max_length, "--lr", a.lr,
+        out = sh(*cmd, sys.executable, __file__, "--one", r, "--beir", a.beir, "--work", work,
+                 "--val-ratio", a.val_ratio, "--seed", a.seed, "--epochs", a.epochs, "--batch", a.batch,
+                 "--max-length", a.max_length, "--lr", a.lr,
                  *([] if a.lock else ["--no-lock"]), env=env(2 if a.lock else 1, work))
         row = json.loads(out.strip().splitlines()[-1])
         res = json.loads(res_f.read_text()) if res_f.exists() else {}
         res[r] = row; res_f.write_text(json.dumps(res, indent=2))
-        print(table_line(r, row), f"(load {row['load_start']} -> {row['load_end']})", flush=True)
+        print(table_line(r, row), flush=True)
     print_table(json.loads(res_f.read_text()))
 
 def table_line(r, row):
     m = row["metrics"]
-    return (f"| {r} | {m['ndcg@10']:.4f} | {m['mrr@10']:.4f} | {m['recall@100']:.4f} | {row['train_seconds']:.0f} |")
+    return (f"| {r} | {m['ndcg@10']:.4f} | {m['mrr@10']:.4f} | {m['recall@100']:.4f} | {row['train_seconds']:.0f} "
+            f"| {row['load_start']} -> {row['load_end']} |")
 
 def print_table(res):
-    print("| recipe | NDCG@10 | MRR@10 | Recall@100 | train s |\n|---|---|---|---|---|")
-    for r, row in res.items(): print(table_line(r, row))
+    print("| recipe | NDCG@10 | MRR@10 | Recall@100 | train s | load |\n|---|---|---|---|---|---|")
+    for r in [r for r in RECIPES if r in res] + [r for r in res if r not in RECIPES]: print(table_line(r, res[r]))
 
 def speed(a, work:Path):
     "pairs/s of both trainers on the same plain pairs, batch and max length, in one process: ours, ST, ST, ours."
     prepare(a, work, ["inbatch"])
     full = (work/"train"/"inbatch"/"train.jsonl").read_text().splitlines()[:a.speed_pairs]
-    sub = work/"train"/"speed"/"train.jsonl"; sub.parent.mkdir(parents=True, exist_ok=True); sub.write_text("\n".join(full) + "\n")
+    sub = work/"train"/"speed"/"train.jsonl"; sub.parent.mkdir(parents=True, exist_ok=True)
+    sub.write_text("\n".join(full) + "\n")
     print(f"load at start {uptime()}; {len(full)} pairs, batch {a.batch}, max_length {a.max_length}", flush=True)
     runs = []
     for who in ("ours", "st", "st", "ours"):
         if who == "ours": _, secs, _ = train_ours(a, work, "speed", sub, {}, group_by_length=True)
         else: _, secs, _ = train_st(a, work, "speed st", sub, {})
-        runs.append((who, len(full) / secs)); print(f"{who}: {len(full) / secs:.2f} pairs/s (load {uptime()})", flush=True)
+        runs.append((who, len(full) / secs))
+        print(f"{who}: {len(full) / secs:.2f} pairs/s (load {uptime()})", flush=True)
     ours = sum(p for w, p in runs if w == "ours") / 2; st = sum(p for w, p in runs if w == "st") / 2
     res = {"pairs": len(full), "batch_size": a.batch, "max_length": a.max_length, "runs": runs,
-           "pairs_per_s": {"sphana": round(ours, 3), "sentence_transformers": round(st, 3)}, "ratio": round(ours / st, 3),
+           "pairs_per_s": {"sphana": round(ours, 3), "sentence_transformers": round(st, 3)},
+           "ratio": round(ours / st, 3),
            "load_end": uptime()}
     (work/f"speed_{a.max_length}.json").write_text(json.dumps(res, indent=2)); print(json.dumps(res))
 
@@ -227,12 +244,13 @@ def main():
     p.add_argument("--recipes", default=None, help="semicolon-separated recipe names (default: all)")
     p.add_argument("--no-lock", dest="lock", action="store_false", help="do not take the shared lock per timed run")
     p.add_argument("--nice", action="store_true", help="with --no-lock: train at nice 19 (quality-only runs)")
-    p.add_argument("--speed", action="store_true"); p.add_argument("--speed-pairs", type=int, default=256)
+    p.add_argument("--speed", action="store_true")
+    p.add_argument("--speed-pairs", type=int, default=None, help="pairs timed (default: all)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(); work = Path(a.work); work.mkdir(parents=True, exist_ok=True)
     a.inside = bool(a.one) and a.lock
     if a.one: print(json.dumps(one_recipe(a, work, a.one))); return
-    if a.speed: a.lock = a.nice = False; a.inside = True; speed(a, work)   # the caller holds the lock for the whole comparison
+    if a.speed: a.lock = a.nice = False; a.inside = True; speed(a, work)   # the caller holds the lock throughout
     else: run_recipes(a, work)
 
 if __name__ == "__main__": main()

@@ -66,8 +66,8 @@ def register(app):
         encoder: Annotated[Optional[str], typer.Option(help="Encoder (hub id or folder) that ranks the GNN candidates "
                                                        "(default: BM25)")] = None,
         miner: Annotated[str, typer.Option(help="Negatives from: encoder (--encoder, else all-MiniLM-L6-v2), bm25, "
-                                           "or a model id/folder")] = "encoder",
-        range_min: RangeMin = 0, range_max: RangeMax = 50, absolute_margin: AbsMargin = None,
+                                           "or a model id/folder")] = "bm25",
+        range_min: RangeMin = 2, range_max: RangeMax = 50, absolute_margin: AbsMargin = None,
         relative_margin: RelMargin = 0.05, sampling: Sampling = "top",
         top_k: Annotated[int, typer.Option(help="GNN candidates per query", min=1)] = 20,
         val_ratio: Annotated[float, typer.Option(help="Share of judged queries for validation", min=0,
@@ -96,7 +96,7 @@ def register(app):
         corpus: Annotated[Optional[Path], typer.Option(help="Extra candidate documents (BEIR corpus.jsonl)")] = None,
         encoder: Annotated[Optional[str], typer.Option(help="Encoder that ranks candidates (default: BM25)")] = None,
         negatives: Annotated[int, typer.Option(help="Negatives per pair", min=1)] = 1,
-        range_min: RangeMin = 0, range_max: RangeMax = 50, absolute_margin: AbsMargin = None,
+        range_min: RangeMin = 2, range_max: RangeMax = 50, absolute_margin: AbsMargin = None,
         relative_margin: RelMargin = 0.05, sampling: Sampling = "top",
         seed: Annotated[int, typer.Option(help="Seed of the random sampling")] = 42,
         max_length: Annotated[int, typer.Option(help="Encoder max tokens per text", min=8)] = 256,

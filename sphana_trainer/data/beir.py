@@ -206,7 +206,7 @@ def ndcg_at(ranked:list, rel:dict, k:int=10) -> float:
 class MineOptions:
     "How hard negatives are picked among a query's ranked candidates."
     num_negatives:int=1 # negatives per (query, positive) pair (each one is a training record)
-    range_min:int=0 # skip the ranker's `range_min` best ranks
+    range_min:int=2 # skip the ranker's `range_min` best ranks
     range_max:int=50 # consider only the ranker's `range_max` best ranks
     absolute_margin:float|None=None # drop candidates scored above `positive - absolute_margin`
     relative_margin:float|None=0.05 # drop candidates scored above `positive - |positive| * relative_margin`
@@ -388,7 +388,7 @@ def build_from_beir(beir_dir:str|Path, # folder with corpus.jsonl, queries.jsonl
                     seed:int=42, # controls the split, projection and order
                     hard_negatives:int=1, # mined negatives per (query, positive) pair (0: plain pairs)
                     encoder:str|None=None, # encoder (hub id or folder) that ranks; None: BM25
-                    miner:str|None="encoder", # negatives from: "bm25", "encoder" (`encoder`, else MiniLM) or a model
+                    miner:str|None="bm25", # negatives from: "bm25", "encoder" (`encoder`, else MiniLM) or a model
                     mine:MineOptions|None=None, # false-negative guards (default `MineOptions()`)
                     top_k:int=20, # GNN candidates per query
                     feature_dim:int=32, # GNN node feature length
