@@ -220,12 +220,12 @@ def row_int8_targets(model, exclude:list) -> list:
             if n.op_type == "MatMul" and len(n.input) > 1 and dims.get(n.input[1]) == 2 and n.name not in ex]
 
 def quantize_per_row(src:str|Path, dst:str|Path, exclude:list, only:list|None=None) -> dict:
-    "int8 copy of `src`: weight MatMuls (all, or those in `only`) per-row, the other weight nodes dynamic per-channel."
+    "int8 copy of `src`: weight MatMuls (all, or those in `only`) per-row, other `QUANT_OPS` dynamic per-channel."
     import onnx
     t0, m = time.perf_counter(), onnx.load(str(src))
     rows = [r for r in row_int8_targets(m, exclude) if only is None or r in only]
     with tempfile.TemporaryDirectory() as td:
-        quantize_onnx(src, Path(td)/"d.onnx", "dynamic_per_channel", list(exclude) + rows)
+        quantize_onnx(src, Path(td)/"d.onnx", "dynamic_per_channel", list(exclude) + rows, op_types=list(QUANT_OPS))
         q = onnx.load(str(Path(td)/"d.onnx")); n = per_row_int8(q, set(rows)); save_onnx(q, dst)
     return {"scheme": "dynamic_per_row", "per_row_nodes": n, "excluded": excluded_nodes(m, exclude),
             "seconds": round(time.perf_counter() - t0, 2)}

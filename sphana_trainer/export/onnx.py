@@ -185,7 +185,8 @@ def quantize_onnx(src:str|Path, # fp32 `model.onnx`
                   dst:str|Path, # int8 model to write (one file)
                   scheme:str="dynamic_per_channel", # `dynamic`, `dynamic_per_channel`, `static_qdq` or `blockwise_int8`
                   exclude:list[str]|None=None, # fnmatch patterns of nodes / module paths kept in fp32
-                  tok=None, calibration_texts:list[str]|None=None) -> dict: # tokenizer + texts for `static_qdq`
+                  tok=None, calibration_texts:list[str]|None=None, # tokenizer + texts for `static_qdq`
+                  op_types:list[str]|None=None) -> dict: # dynamic schemes: op types to quantize (default: all)
     "Write an int8 copy of `src` to `dst`; returns `{scheme, excluded, seconds}`."
     import onnx
     from onnxruntime.quantization import quantize_dynamic, quantize_static, QuantType, QuantFormat
@@ -199,7 +200,8 @@ def quantize_onnx(src:str|Path, # fp32 `model.onnx`
         if scheme in ("dynamic", "dynamic_per_channel"):
             quantize_dynamic(str(single), str(out), weight_type=QuantType.QInt8,
                              per_channel=scheme == "dynamic_per_channel", nodes_to_exclude=ex,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused: some types unknown
+                             op_types_to_quantize=op_types,  # fused graphs: some types unknown, hence the default
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         elif scheme == "static_qdq":
             if tok is None or not calibration_texts:
                 raise SphanaError(
