@@ -90,6 +90,40 @@ def test_relation_evaluate_onnx_and_unknown_labels(trained, tmp_path):
     ref = comp.evaluate(comp.load(ws/"artifacts"/"relation"/"v1"/"checkpoint"), comp.read(odd))
     assert abs(ref["macro_f1"] - m["macro_f1"]) < 1e-9
 
+def test_relation_recalibrate_and_reexport(trained, tmp_path):
+    "A published version recalibrated with a top-label map and re-exported: ONNX and PyTorch apply the same map."
+    import shutil
+    from sphana_trainer.models.relation import apply_calibration
+    from sphana_trainer.train.relation import predict_logits, recalibrate
+    d, ws, recs, _ = trained
+    ws2 = tmp_path/"ws"; src = ws2/"artifacts"/"relation"/"v1"
+    shutil.copytree(ws/"artifacts"/"relation"/"v1", src)
+    old = json.loads((src/"checkpoint"/"calibration.json").read_text())
+    labs = ["founded_by", "no_relation", "works_for"]            # every fourth label wrong: over-confident
+    noisy = [dict(r, label=labs[(labs.index(r["label"]) + 1) % 3]) if i % 4 == 0 else r for i, r in enumerate(recs)]
+    cal = recalibrate(src/"checkpoint", noisy, n_bins=3, min_per_bin=1)
+    assert cal["method"] == "temperature_scaling+top_label_map" and cal["top_label_map"]["counts"] == [8, 8, 8]
+    assert old["top_label_map"] is None
+    cli(["export", "--component", "relation", "--run", "v1", "--version", "v1-cal"], ws2)
+    v = ws2/"artifacts"/"relation"/"v1-cal"
+    meta = json.loads((v/"metadata.json").read_text())
+    assert meta["manifest"]["top_label_map"] == cal["top_label_map"]
+    assert json.loads((v/"checkpoint"/"calibration.json").read_text())["top_label_map"] == cal["top_label_map"]
+    comp = RelationComponent(); assets = comp.load(v/"checkpoint")
+    ort, ref = ort_infer(v/"onnx"/"model.onnx"), comp.torch_infer(assets)
+    lg, got = predict_logits(assets.model, assets, recs), []
+    for f in comp.feeds(assets, recs, 8):
+        a, b = ref(f)[0], ort(f)[0]; got.append(b)
+        assert np.abs(a - b).max() < 1e-4 and (a.argmax(1) == b.argmax(1)).all()
+    got = np.concatenate(got)
+    assert np.abs(got - apply_calibration(lg, cal)).max() < 1e-4                     # the map is in the graph ...
+    assert np.abs(got - apply_calibration(lg, {"temperature": cal["temperature"]})).max() > 1e-3  # ... and matters
+    out = tmp_path/"eval.json"
+    cli(["evaluate", "relation", "--data", str(d/"rel"/"train.jsonl"), "--version", "v1-cal", "--onnx", "fp32",
+         "--output", str(out)], ws2)
+    m = json.loads(out.read_text())["metrics"]
+    assert m["ece"] == pytest.approx(comp.evaluate(assets, recs)["ece"], abs=1e-5)
+
 def test_ner_artifact_and_onnx(trained, tmp_path):
     d, ws, _, ner = trained
     v = ws/"artifacts"/"ner"/"v1"
