@@ -14,9 +14,9 @@ from ..train.component import Component, ExportSpec, ort_infer, torch_infer
 from .onnx import _quiet, excluded_nodes, quantize_onnx, save_onnx
 
 # %% auto #0
-__all__ = ['INT8_RECIPES', 'OUTLIER_FACTOR', 'QUANT_OPS', 'export_spec', 'run_all', 'concat_outputs', 'speed', 'fused_graph',
-           'input_outlier_ratios', 'outlier_nodes', 'per_row_int8', 'row_int8_targets', 'quantize_per_row',
-           'build_int8', 'export_checkpoint']
+__all__ = ['INT8_RECIPES', 'OUTLIER_FACTOR', 'QUANT_OPS', 'ONE_SIDED', 'export_spec', 'run_all', 'concat_outputs', 'speed',
+           'fused_graph', 'input_stats', 'input_outlier_ratios', 'outlier_nodes', 'per_row_int8', 'row_int8_targets',
+           'quantize_per_row', 'build_int8', 'export_checkpoint']
 
 # %% ../../nbs/51_export.generic.ipynb #581972f0
 def _dynamic_shapes(spec:ExportSpec) -> dict:
@@ -130,23 +130,28 @@ def _probe_inputs(model) -> dict:
             if n.op_type in QUANT_OPS and len(n.input) > 1 and n.input[1] in inits}
 
 # %% ../../nbs/51_export.generic.ipynb #aa51ea46
-def input_outlier_ratios(src:str|Path, # fp32 ONNX graph
-                         feeds:list) -> dict: # calibration inputs (component feeds)
-    "`max|x| / mean std(x)` of the first input of every weight-carrying node over `feeds`, by node name."
+def input_stats(src:str|Path, # fp32 ONNX graph
+                feeds:list) -> dict: # calibration inputs (component feeds)
+    "`{peak, std, min, max}` of the first input of every weight-carrying node over `feeds`, by node name."
     import onnx, onnxruntime as ort
     m = onnx.load(str(src)); nodes = _probe_inputs(m); have = {o.name for o in m.graph.output}
     m.graph.output.extend([onnx.helper.make_empty_tensor_value_info(t) for t in dict.fromkeys(nodes.values())
                            if t not in have])
-    peak, sd = dict.fromkeys(nodes, 0.0), {n: [] for n in nodes}
+    st = {n: {"peak": 0.0, "std": [], "min": np.inf, "max": -np.inf} for n in nodes}
     with tempfile.TemporaryDirectory() as td:
         s = ort.InferenceSession(str(save_onnx(m, Path(td)/"probe.onnx")), providers=["CPUExecutionProvider"])
         outs, ins = [o.name for o in s.get_outputs()], {i.name for i in s.get_inputs()}
         for f in feeds:
             got = dict(zip(outs, s.run(None, {k: v for k, v in f.items() if k in ins})))
             for n, t in nodes.items():
-                x = np.asarray(got[t], dtype=np.float32); peak[n] = max(peak[n], float(np.abs(x).max()))
-                sd[n].append(float(x.std()))
-    return {n: peak[n] / (float(np.mean(sd[n])) + 1e-12) for n in nodes}
+                x, d = np.asarray(got[t], dtype=np.float32), st[n]; d["std"].append(float(x.std()))
+                d.update(peak=max(d["peak"], float(np.abs(x).max())), min=min(d["min"], float(x.min())),
+                         max=max(d["max"], float(x.max())))
+    return {n: {**d, "std": float(np.mean(d["std"]))} for n, d in st.items()}
+
+def input_outlier_ratios(src:str|Path, feeds:list) -> dict:
+    "`max|x| / mean std(x)` of the first input of every weight-carrying node over `feeds`, by node name."
+    return {n: d["peak"] / (d["std"] + 1e-12) for n, d in input_stats(src, feeds).items()}
 
 def outlier_nodes(src:str|Path, feeds:list, factor:float=OUTLIER_FACTOR) -> list:
     "Nodes whose input outlier ratio is above `factor` times the median ratio."
@@ -167,35 +172,39 @@ def _row_consts(p:str, W:np.ndarray) -> list:
     return [numpy_helper.from_array(np.asarray(v), f"{p}_{k}") for k, v in vals.items()]
 
 # %% ../../nbs/51_export.generic.ipynb #1b426ff2
-def _row_quant_nodes(p:str, x:str, op18:bool) -> tuple[list, str, str, str]:
-    "Nodes quantizing `x` per row (flattened to 2-D): returns (nodes, uint8 rows, row scales, row centres)."
+def _row_quant_nodes(p:str, x:str, op18:bool, centred:bool=True) -> tuple[list, str, str, str|None]:
+    "Nodes quantizing `x` per row (flattened to 2-D): (nodes, uint8 rows, row scales, row centres or None)."
     from onnx import helper, TensorProto
     c, nodes = lambda k: f"{p}_{k}", []
     def n(op, ins, o, **kw): nodes.append(helper.make_node(op, ins, [c(o)], name=c(o), **kw)); return c(o)
     red = lambda op, i, o: n(op, [i, c("ax")], o, keepdims=1) if op18 else n(op, [i], o, axes=[1], keepdims=1)
-    xs = n("Reshape", [x, c("to2d")], "x2"); hi, lo = red("ReduceMax", xs, "hi"), red("ReduceMin", xs, "lo")
-    mid = n("Mul", [n("Add", [hi, lo], "hl"), c("half")], "mid")
-    s = n("Max", [n("Mul", [n("Sub", [hi, mid], "hh"), c("inv")], "sc"), c("eps")], "s")
-    s1 = n("Reshape", [s, c("flat")], "s1")
+    xs, mid = n("Reshape", [x, c("to2d")], "x2"), None
+    if centred:
+        hi, lo = red("ReduceMax", xs, "hi"), red("ReduceMin", xs, "lo")
+        mid = n("Mul", [n("Add", [hi, lo], "hl"), c("half")], "mid"); half = n("Sub", [hi, mid], "hh")
+    else: half = red("ReduceMax", n("Abs", [xs], "ax_"), "hh")  # sign-balanced rows: a symmetric range
+    s = n("Max", [n("Mul", [half, c("inv")], "sc"), c("eps")], "s"); s1 = n("Reshape", [s, c("flat")], "s1")
     zp = n("Cast", [n("Add", [n("Mul", [s1, c("zero")], "z0"), c("u128")], "z1")], "zpr", to=TensorProto.UINT8)
-    return nodes, n("QuantizeLinear", [n("Sub", [xs, mid], "xc"), s1, zp], "q", axis=0), s, mid
+    return nodes, n("QuantizeLinear", [n("Sub", [xs, mid], "xc") if centred else xs, s1, zp], "q", axis=0), s, mid
 
 # %% ../../nbs/51_export.generic.ipynb #e6a96639
-def _row_matmul_nodes(p:str, x:str, y:str, op18:bool) -> list:
+def _row_matmul_nodes(p:str, x:str, y:str, op18:bool, centred:bool=True) -> list:
     "Nodes computing `y = x @ W` with `x` quantized per row and the int8 weights of `_row_consts(p, W)`."
     from onnx import helper
-    nodes, q, s, mid = _row_quant_nodes(p, x, op18); c = lambda k: f"{p}_{k}"
+    nodes, q, s, mid = _row_quant_nodes(p, x, op18, centred); c = lambda k: f"{p}_{k}"
     # the explicit weight zero point (zeros) selects ONNX Runtime's fast u8s8 kernel: 1.6x faster without it
     def n(op, ins, o, **kw): nodes.append(helper.make_node(op, ins, [o], name=o, **kw)); return o
     yf = n("MatMulIntegerToFloat", [q, c("wq"), c("one"), c("ws"), c("zp"), c("bzp")], c("yf"), domain="com.microsoft")
-    y2 = n("Add", [n("Mul", [yf, s], c("ys")), n("Mul", [mid, c("colsum")], c("mc"))], c("y2"))
+    y2 = n("Mul", [yf, s], c("ys"))
+    if mid is not None: y2 = n("Add", [y2, n("Mul", [mid, c("colsum")], c("mc"))], c("y2"))
     lead = n("Slice", [n("Shape", [x], c("shx")), c("beg"), c("end")], c("lead"))
     n("Reshape", [y2, n("Concat", [lead, c("m")], c("shy"), axis=0)], y)
     return nodes
 
 # %% ../../nbs/51_export.generic.ipynb #783b79ac
 def per_row_int8(model, # an `onnx.ModelProto` with its weights loaded (changed in place)
-                 names:set) -> int: # MatMul nodes to rewrite (their weight: a 2-D initializer)
+                 names:set, # MatMul nodes to rewrite (their weight: a 2-D initializer)
+                 centred:set|None=None) -> int: # nodes whose rows are centred first (default: all; others symmetric)
     "Rewrite the MatMul nodes `names` into per-row int8 (see above); returns how many were rewritten."
     import onnx
     g, inits, nodes, consts = model.graph, {i.name: i for i in model.graph.initializer}, [], []
@@ -206,7 +215,8 @@ def per_row_int8(model, # an `onnx.ModelProto` with its weights loaded (changed 
     for i, nd in enumerate(g.node):
         if nd.name not in names: nodes.append(nd); continue
         consts += _row_consts(f"rowq{i}", onnx.numpy_helper.to_array(inits[nd.input[1]]).astype(np.float32))
-        nodes += _row_matmul_nodes(f"rowq{i}", nd.input[0], nd.output[0], opset >= 18)
+        nodes += _row_matmul_nodes(f"rowq{i}", nd.input[0], nd.output[0], opset >= 18,
+                                   centred is None or nd.name in centred)
     done = sum(nd.name in names for nd in g.node)
     used = {t for nd in nodes for t in nd.input}; keep = [t for t in [*g.initializer, *consts] if t.name in used]
     del g.node[:], g.initializer[:]; g.node.extend(nodes); g.initializer.extend(keep)
@@ -219,15 +229,20 @@ def row_int8_targets(model, exclude:list) -> list:
     return [n.name for n in model.graph.node
             if n.op_type == "MatMul" and len(n.input) > 1 and dims.get(n.input[1]) == 2 and n.name not in ex]
 
-def quantize_per_row(src:str|Path, dst:str|Path, exclude:list, only:list|None=None) -> dict:
+ONE_SIDED = 0.25  # inputs whose calibrated minimum is above -ONE_SIDED * maximum (e.g. after GELU) get centred rows
+
+def quantize_per_row(src:str|Path, dst:str|Path, exclude:list, only:list|None=None, feeds:list|None=None) -> dict:
     "int8 copy of `src`: weight MatMuls (all, or those in `only`) per-row, other `QUANT_OPS` dynamic per-channel."
     import onnx
     t0, m = time.perf_counter(), onnx.load(str(src))
     rows = [r for r in row_int8_targets(m, exclude) if only is None or r in only]
+    st = input_stats(src, feeds) if feeds else {}
+    centred = {r for r in rows if r not in st or st[r]["min"] > -ONE_SIDED * st[r]["max"]}
     with tempfile.TemporaryDirectory() as td:
         quantize_onnx(src, Path(td)/"d.onnx", "dynamic_per_channel", list(exclude) + rows, op_types=list(QUANT_OPS))
-        q = onnx.load(str(Path(td)/"d.onnx")); n = per_row_int8(q, set(rows)); save_onnx(q, dst)
-    return {"scheme": "dynamic_per_row", "per_row_nodes": n, "excluded": excluded_nodes(m, exclude),
+        q = onnx.load(str(Path(td)/"d.onnx")); n = per_row_int8(q, set(rows), centred); save_onnx(q, dst)
+    return {"scheme": "dynamic_per_row", "per_row_nodes": n, "centred_nodes": len(centred),
+            "excluded": excluded_nodes(m, exclude),
             "seconds": round(time.perf_counter() - t0, 2)}
 
 # %% ../../nbs/51_export.generic.ipynb #a26e1820
@@ -240,9 +255,9 @@ def build_int8(recipe:str, src:Path, dst:Path, spec:ExportSpec, cfg:ExportConfig
         return quantize_onnx(src, dst, "dynamic_per_channel", cfg.quantize_exclude + outlier_nodes(src, calib_feeds))
     if recipe == "dynamic_per_channel_edges":
         return quantize_onnx(src, dst, "dynamic_per_channel", cfg.quantize_exclude + _edge_patterns(spec))
-    if recipe == "dynamic_per_row": return quantize_per_row(src, dst, cfg.quantize_exclude)
+    if recipe == "dynamic_per_row": return quantize_per_row(src, dst, cfg.quantize_exclude, feeds=calib_feeds)
     if recipe == "dynamic_per_row_outliers":
-        return quantize_per_row(src, dst, cfg.quantize_exclude, outlier_nodes(src, calib_feeds))
+        return quantize_per_row(src, dst, cfg.quantize_exclude, outlier_nodes(src, calib_feeds), calib_feeds)
     if recipe == "weight_only": return quantize_onnx(src, dst, "blockwise_int8", cfg.quantize_exclude)
     if recipe == "static_qdq":
         from onnxruntime.quantization import quantize_static, QuantType, QuantFormat
