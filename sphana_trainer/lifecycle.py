@@ -293,6 +293,8 @@ def export_run(component:str, # component name
             shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
             _link_tree(root/old/"checkpoint", work/"checkpoint")
             if (root/old/"metrics.jsonl").is_file(): shutil.copy2(root/old/"metrics.jsonl", work/"metrics.jsonl")
+            # a failed re-export stays re-exportable by its own name (as the error message suggests)
+            atomic_write_json(work/"run.json", {**meta, "version": version, "exported_from": old})
         ds = meta.get("dataset") or {}
         train_recs, val_recs = _read_optional(comp, ds.get("train")), _read_optional(comp, ds.get("validation"))
         if not (work/"checkpoint").is_dir(): _restore_checkpoint(comp, cfg, work, train_recs or [], val_recs)
