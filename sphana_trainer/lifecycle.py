@@ -280,6 +280,7 @@ def export_run(component:str, # component name
     root, src, meta = _locate(comp, run, artifact_root)
     cfg = config_from_dict(_merge(meta["config"], overrides or {}), component, f"{src}/config")
     old = meta["version"]; published = (root/old).exists()
+    origin = old if published else meta.get("exported_from", old)  # a failed re-export names its source
     if version is None:
         version = (
             old
@@ -306,11 +307,11 @@ def export_run(component:str, # component name
             },
             "version": version,
             "config": cfg.model_dump(mode="json"),
-            "exported_from": old,
+            "exported_from": origin,
         }
         value = (meta.get("metrics") or {}).get("best", {}).get(metric)
         out = publish_run(comp, root, version, work, meta, parity, value)
-    get_logger().info(f"published {component} {version} (re-exported from {old}) -> {out}")
+    get_logger().info(f"published {component} {version} (re-exported from {origin}) -> {out}")
     m = meta.get("metrics") or {}
     return TrainResult(
         component, version, work, out, m.get("best", {}), m.get("steps", 0), m.get("best_step"), parity, True
