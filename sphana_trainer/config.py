@@ -57,7 +57,7 @@ class ExportConfig(StrictModel):
     int8_candidates: list[str] = ["dynamic_per_channel", "dynamic_per_channel_edges", "dynamic", "dynamic_per_row",
                                   "dynamic_per_row_outliers", "static_qdq", "weight_only"]  # recipes tried
     require_int8: bool = False               # fail the export when no int8 recipe passes (default: publish fp32 only)
-    quantize_exclude: list[str] = []  # node-name / module patterns kept in fp32 (fnmatch), e.g. "*.layer.0.output.dense"
+    quantize_exclude: list[str] = []  # node-name / module patterns kept in fp32 (fnmatch), e.g. "*.layer.0.*"
     fuse: bool = True                        # also try an ONNX Runtime fused fp32 graph; ship the fastest at parity
     fuse_for_int8: bool = True  # quantize a graph fused by ONNX Runtime's transformer optimizer (faster int8)
     calibration_samples: int = Field(64, ge=1)  # samples for static quantization

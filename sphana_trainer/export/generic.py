@@ -149,13 +149,14 @@ def input_stats(src:str|Path, # fp32 ONNX graph
                          max=max(d["max"], float(x.max())))
     return {n: {**d, "std": float(np.mean(d["std"]))} for n, d in st.items()}
 
-def input_outlier_ratios(src:str|Path, feeds:list) -> dict:
+def input_outlier_ratios(src:str|Path, feeds:list, stats:dict|None=None) -> dict: # `stats`: `input_stats` done
     "`max|x| / mean std(x)` of the first input of every weight-carrying node over `feeds`, by node name."
-    return {n: d["peak"] / (d["std"] + 1e-12) for n, d in input_stats(src, feeds).items()}
+    stats = stats if stats is not None else input_stats(src, feeds)
+    return {n: d["peak"] / (d["std"] + 1e-12) for n, d in stats.items()}
 
-def outlier_nodes(src:str|Path, feeds:list, factor:float=OUTLIER_FACTOR) -> list:
+def outlier_nodes(src:str|Path, feeds:list, factor:float=OUTLIER_FACTOR, stats:dict|None=None) -> list:
     "Nodes whose input outlier ratio is above `factor` times the median ratio."
-    r = input_outlier_ratios(src, feeds); med = float(np.median(list(r.values()))) if r else 0.0
+    r = input_outlier_ratios(src, feeds, stats); med = float(np.median(list(r.values()))) if r else 0.0
     return [n for n, v in sorted(r.items(), key=lambda kv: -kv[1]) if v > factor * med]
 
 # %% ../../nbs/51_export.generic.ipynb #77ae6de9
@@ -167,14 +168,14 @@ def _row_consts(p:str, W:np.ndarray) -> list:
     vals = {"wq": wq, "ws": ws, "colsum": (wq * ws).sum(0).astype(np.float32), "to2d": np.array([-1, K], np.int64),
             "m": np.array([M], np.int64), "flat": np.array([-1], np.int64), "ax": np.array([1], np.int64),
             "beg": np.array([0], np.int64), "end": np.array([-1], np.int64), "half": np.float32(0.5),
-            "inv": np.float32(1 / 127), "eps": np.float32(1e-8), "zero": np.float32(0), "u128": np.float32(128),
-            "zp": np.uint8(128), "one": np.float32(1), "bzp": np.zeros(M, np.int8)}
+            "inv": np.float32(1 / 127), "eps": np.float32(1e-8), "zp": np.uint8(128), "one": np.float32(1),
+            "bzp": np.zeros(M, np.int8)}
     return [numpy_helper.from_array(np.asarray(v), f"{p}_{k}") for k, v in vals.items()]
 
 # %% ../../nbs/51_export.generic.ipynb #1b426ff2
 def _row_quant_nodes(p:str, x:str, op18:bool, centred:bool=True) -> tuple[list, str, str, str|None]:
     "Nodes quantizing `x` per row (flattened to 2-D): (nodes, uint8 rows, row scales, row centres or None)."
-    from onnx import helper, TensorProto
+    from onnx import helper, numpy_helper
     c, nodes = lambda k: f"{p}_{k}", []
     def n(op, ins, o, **kw): nodes.append(helper.make_node(op, ins, [c(o)], name=c(o), **kw)); return c(o)
     red = lambda op, i, o: n(op, [i, c("ax")], o, keepdims=1) if op18 else n(op, [i], o, axes=[1], keepdims=1)
@@ -184,7 +185,8 @@ def _row_quant_nodes(p:str, x:str, op18:bool, centred:bool=True) -> tuple[list, 
         mid = n("Mul", [n("Add", [hi, lo], "hl"), c("half")], "mid"); half = n("Sub", [hi, mid], "hh")
     else: half = red("ReduceMax", n("Abs", [xs], "ax_"), "hh")  # sign-balanced rows: a symmetric range
     s = n("Max", [n("Mul", [half, c("inv")], "sc"), c("eps")], "s"); s1 = n("Reshape", [s, c("flat")], "s1")
-    zp = n("Cast", [n("Add", [n("Mul", [s1, c("zero")], "z0"), c("u128")], "z1")], "zpr", to=TensorProto.UINT8)
+    u128 = numpy_helper.from_array(np.array([128], np.uint8))   # every row's zero point
+    zp = n("ConstantOfShape", [n("Shape", [s1], "rows")], "zpr", value=u128)
     return nodes, n("QuantizeLinear", [n("Sub", [xs, mid], "xc") if centred else xs, s1, zp], "q", axis=0), s, mid
 
 # %% ../../nbs/51_export.generic.ipynb #e6a96639
@@ -231,12 +233,15 @@ def row_int8_targets(model, exclude:list) -> list:
 
 ONE_SIDED = 0.25  # inputs whose calibrated minimum is above -ONE_SIDED * maximum (e.g. after GELU) get centred rows
 
-def quantize_per_row(src:str|Path, dst:str|Path, exclude:list, only:list|None=None, feeds:list|None=None) -> dict:
-    "int8 copy of `src`: weight MatMuls (all, or those in `only`) per-row, other `QUANT_OPS` dynamic per-channel."
+def quantize_per_row(src:str|Path, dst:str|Path, exclude:list, feeds:list|None=None, # calibration feeds
+                     outliers_only:bool=False) -> dict: # per-row only on `outlier_nodes` (needs `feeds`)
+    "int8 copy of `src`: weight MatMuls (all, or the outlier nodes) per-row, other `QUANT_OPS` dynamic per-channel."
     import onnx
-    t0, m = time.perf_counter(), onnx.load(str(src))
+    if outliers_only and not feeds: raise SphanaError("per-row int8 on outlier nodes needs calibration feeds")
+    t0, m = time.perf_counter(), onnx.load(str(src), load_external_data=False)   # names and shapes suffice
+    st = input_stats(src, feeds) if feeds else {}   # probed once: row centring and outlier nodes
+    only = set(outlier_nodes(src, feeds, stats=st)) if outliers_only else None
     rows = [r for r in row_int8_targets(m, exclude) if only is None or r in only]
-    st = input_stats(src, feeds) if feeds else {}
     centred = {r for r in rows if r not in st or st[r]["min"] > -ONE_SIDED * st[r]["max"]}
     with tempfile.TemporaryDirectory() as td:
         quantize_onnx(src, Path(td)/"d.onnx", "dynamic_per_channel", list(exclude) + rows, op_types=list(QUANT_OPS))
@@ -255,9 +260,9 @@ def build_int8(recipe:str, src:Path, dst:Path, spec:ExportSpec, cfg:ExportConfig
         return quantize_onnx(src, dst, "dynamic_per_channel", cfg.quantize_exclude + outlier_nodes(src, calib_feeds))
     if recipe == "dynamic_per_channel_edges":
         return quantize_onnx(src, dst, "dynamic_per_channel", cfg.quantize_exclude + _edge_patterns(spec))
-    if recipe == "dynamic_per_row": return quantize_per_row(src, dst, cfg.quantize_exclude, feeds=calib_feeds)
+    if recipe == "dynamic_per_row": return quantize_per_row(src, dst, cfg.quantize_exclude, calib_feeds)
     if recipe == "dynamic_per_row_outliers":
-        return quantize_per_row(src, dst, cfg.quantize_exclude, outlier_nodes(src, calib_feeds), calib_feeds)
+        return quantize_per_row(src, dst, cfg.quantize_exclude, calib_feeds, outliers_only=True)
     if recipe == "weight_only": return quantize_onnx(src, dst, "blockwise_int8", cfg.quantize_exclude)
     if recipe == "static_qdq":
         from onnxruntime.quantization import quantize_static, QuantType, QuantFormat
