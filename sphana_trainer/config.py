@@ -130,7 +130,8 @@ class RelationConfig(TrainConfig):
     head_dropout: float = Field(0.1, ge=0, lt=1)  # dropout before the classification head
     class_weights: Literal["none", "balanced", "sqrt"] = "none"  # loss weights against label imbalance
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy label smoothing
-    calibrate: bool = True                   # fit temperature scaling on validation after training
+    calibrate: bool = True                   # fit the calibration on validation after training
+    calibration_bins: int = Field(5, ge=0)   # knots of the top-label map after the temperature (0: temperature only)
     metric: str = "macro_f1"                 # macro_f1 | micro_f1 | accuracy | official_f1 (SemEval labels)
 
 class GnnConfig(TrainConfig):

@@ -105,15 +105,20 @@ def plot_confusion(cm:dict, # `{labels, matrix}` (rows: gold, columns: predicted
 
 def plot_reliability(calibration:dict, # a relation `checkpoint/calibration.json`
                     ):
-    "Reliability diagram before and after temperature scaling: accuracy against confidence per bin, with the ECE."
+    "Reliability diagram before calibration, after the temperature alone (with a map) and after both, with ECEs."
     fig, ax = _plt().subplots(figsize=(5, 4.5)); ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
-    for key, name in (("reliability_before", "before"), ("reliability_after", "after")):
-        bins = [b for b in calibration.get(key) or [] if b.get("count")]
-        ece = calibration.get(f"ece_{name}")
+    mapped = bool(calibration.get("top_label_map"))
+    stages = [("before", "before")] + [("temperature", "temperature only")] * mapped + [("after", "after")]
+    for key, name in stages:
+        bins = [b for b in calibration.get(f"reliability_{key}") or [] if b.get("count")]
+        ece = calibration.get(f"ece_{key}")
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
                 label=f"{name} (ECE {ece:.3f})" if _num(ece) else name)
     ax.set_xlabel("confidence"); ax.set_ylabel("accuracy"); ax.set_xlim(0, 1); ax.set_ylim(0, 1)
-    t = calibration.get("temperature"); ax.set_title(f"reliability (T = {t:.2f})" if _num(t) else "reliability")
+    t, f = calibration.get("temperature"), calibration.get("ece_floor")
+    title = (f"reliability (T = {t:.2f}" + (" + top-label map" if mapped else "") +
+             (f"; ECE floor {f:.3f})" if _num(f) else ")")) if _num(t) else "reliability"
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8); fig.tight_layout(); return fig
 
 # %% ../nbs/71_reports.ipynb #47465d66

@@ -15,7 +15,7 @@ from ..core import SphanaError, iter_jsonl
 
 # %% auto #0
 __all__ = ['MARKERS', 'POOLINGS', 'check_relation', 'read_relations', 'mark_text', 'add_markers', 'encode_relation',
-           'RelationClassifier', 'pad_batch', 'semeval_official', 'calibration_bins', 'fit_temperature',
+           'RelationClassifier', 'pad_batch', 'semeval_official', 'calibration_bins', 'ece_floor', 'fit_temperature',
            'fit_top_label_map', 'calibrated_probs', 'CalibratedRelation', 'apply_calibration', 'relation_metrics']
 
 # %% ../../nbs/31_models.relation.ipynb #93f81140
@@ -161,6 +161,18 @@ def calibration_bins(probs:np.ndarray, gold:np.ndarray, n_bins:int=15) -> tuple[
         bins.append(b)
     return float(ece), bins
 
+# %% ../../nbs/31_models.relation.ipynb #efa0a1c6
+def ece_floor(probs:np.ndarray, # predicted probabilities (rows)
+              n_bins:int=15, draws:int=200, seed:int=0) -> float:
+    "Mean ECE (`calibration_bins`' bins) of a perfectly calibrated model with the confidences of `probs`."
+    conf = np.asarray(probs, np.float64).max(1) if len(probs) else np.zeros(0)
+    if not len(conf): return 0.0
+    b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)    # bin i holds (i/n, (i+1)/n]
+    mass = np.bincount(b, conf, n_bins)                                     # summed confidence per bin
+    right = np.random.default_rng(seed).random((draws, len(conf))) < conf  # right with probability = confidence
+    hits = np.stack([np.bincount(b, r, n_bins) for r in right])
+    return float(np.abs(hits - mass).sum(1).mean() / len(conf))
+
 # %% ../../nbs/31_models.relation.ipynb #395ce77f
 def fit_temperature(logits:np.ndarray, gold:np.ndarray, steps:int=200) -> float:
     "The temperature T minimising the NLL of `softmax(logits / T)` on rows with a known class (`gold >= 0`)."
@@ -244,6 +256,7 @@ def relation_metrics(gold:list, # gold label names
     if probs is not None:
         idx = {l: i for i, l in enumerate(labels)}
         out["ece"], bins = calibration_bins(probs, np.array([idx.get(l, -1) for l in gold]))
+        out["ece_floor"] = ece_floor(probs)          # what a perfectly calibrated model would measure here
     unknown = Counter(l for l in gold if l not in set(labels))
     if unknown: out["unknown_labels"] = dict(unknown)
     if not details: return out

@@ -15,8 +15,9 @@ from ..core import SphanaError, atomic_write_json, get_logger
 from ..config import RelationConfig
 from ..hub import resolve_model
 from ..models.relation import (CalibratedRelation, RelationClassifier, _rtype, add_markers,
-                                            apply_calibration, calibration_bins, encode_relation, fit_temperature,
-                                            fit_top_label_map, pad_batch, read_relations, relation_metrics)
+                                            apply_calibration, calibration_bins, encode_relation, ece_floor,
+                                            fit_temperature, fit_top_label_map, pad_batch, read_relations,
+                                            relation_metrics)
 from .component import Component, ExportSpec, register
 from .runtime import TrainTask
 
@@ -165,12 +166,12 @@ def calibrate(assets:RelationAssets, records:list, logits:np.ndarray,
     cal = {"temperature": t, "top_label_map": m}
     def stage(p): return (*calibration_bins(p, gold), float(-np.log(np.clip(p[k, gold[k]], 1e-12, None)).mean())
                           if k.any() else None)
-    (e0, b0, n0), (e1, b1, n1), (e2, b2, n2) = map(stage, (apply_calibration(logits, None), pt,
-                                                          apply_calibration(logits, cal)))
+    pc = apply_calibration(logits, cal)
+    (e0, b0, n0), (e1, b1, n1), (e2, b2, n2) = map(stage, (apply_calibration(logits, None), pt, pc))
     return {**cal, "method": "temperature_scaling" + ("+top_label_map" if m else ""), "apply": _APPLY,
             "fitted_on": "validation", "n": len(records), "ece_before": e0, "ece_after": e2, "nll_before": n0,
             "nll_after": n2, "ece_temperature": e1, "nll_temperature": n1, "reliability_before": b0,
-            "reliability_after": b2, "reliability_temperature": b1}
+            "reliability_after": b2, "reliability_temperature": b1, "ece_floor": ece_floor(pc)}
 
 # %% ../../nbs/46_train.relation.ipynb #62929714
 def _save(self, task:TrainTask, cfg:RelationConfig, folder:Path) -> Path:
@@ -180,7 +181,8 @@ def _save(self, task:TrainTask, cfg:RelationConfig, folder:Path) -> Path:
     cal = None
     if cfg.calibrate and task.val_records:
         dev = next(clf.parameters()).device
-        cal = calibrate(a, task.val_records, predict_logits(clf, a, task.val_records, max(64, cfg.batch_size), dev))
+        lg = predict_logits(clf, a, task.val_records, max(64, cfg.batch_size), dev)
+        cal = calibrate(a, task.val_records, lg, n_bins=cfg.calibration_bins)
         atomic_write_json(folder/"calibration.json", cal)
         get_logger().info(f"relation calibration: T={cal['temperature']:.3f}, "
                           f"ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
