@@ -101,10 +101,13 @@ def _eval_cmd(name:str, comp):
             output: Annotated[Optional[Path], typer.Option(
                 "--output", "-o", help="JSON result file [default: "
                                        "<workspace>/logs/evaluate-<component>-<time>.json]")] = None,
-            batch_size: Annotated[int, typer.Option(help="Records per inference batch")] = 32):
+            batch_size: Annotated[int, typer.Option(help="Records per inference batch")] = 32,
+            strict_labels: Annotated[bool, typer.Option(
+                help="Exit 2 when the data has labels outside the model's label map (default: warn, count them wrong)"
+            )] = False):
         from sphana_trainer.lifecycle import run_evaluate  # lazy: pulls in torch
         out = output or ws_path("logs", f"evaluate-{name}-{datetime.now():%Y%m%d-%H%M%S}.json")
-        r = run_evaluate(name, data, version, checkpoint, model, onnx, artifact_root, out, batch_size)
+        r = run_evaluate(name, data, version, checkpoint, model, onnx, artifact_root, out, batch_size, strict_labels)
         typer.echo(f"{name} | {r['model']} | {r['data']}")
         w = max(len(k) for k in r["metrics"]) if r["metrics"] else 0
         for k, v in r["metrics"].items():

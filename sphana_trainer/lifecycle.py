@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['TrainResult', 'library_versions', 'find_run', 'prepare_run', 'run_train', 'onnx_io', 'save_export_publish',
-           'publish_run', 'export_run', 'run_evaluate']
+           'publish_run', 'export_run', 'check_labels', 'run_evaluate']
 
 # %% ../nbs/56_lifecycle.ipynb #4e792ca5
 @dataclass
@@ -317,6 +317,25 @@ def export_run(component:str, # component name
         component, version, work, out, m.get("best", {}), m.get("steps", 0), m.get("best_step"), parity, True
     )
 
+# %% ../nbs/56_lifecycle.ipynb #6a06ba9c
+def _record_lines(data:Path) -> list:
+    "Line numbers of the records of a JSONL file (blank lines skipped, as the readers do); [] for a folder."
+    if not data.is_file(): return []
+    with open(data, "rb") as f: return [i for i, raw in enumerate(f, 1) if raw.strip()]
+
+def check_labels(comp, assets, records:list, data:Path, strict:bool=False) -> list:
+    "Records whose gold label `assets` cannot predict, `[(index, label)]`: an error with `strict`, else a warning."
+    bad = comp.unknown_labels(assets, records)
+    if not bad: return bad
+    lines, (i, label) = _record_lines(Path(data)), bad[0]
+    where = f"{data}:{lines[i]}" if i < len(lines) else f"{data} (record {i + 1})"
+    msg = (f"{where}: label {label!r} is not in the model's label map ({len(getattr(assets, 'labels', []))} labels)"
+           + (f", nor are the labels of {len(bad) - 1} more records" if len(bad) > 1 else ""))
+    if strict:
+        raise SphanaError(f"{msg}; fix the labels, or evaluate without --strict-labels (they then count as wrong)")
+    get_logger().warning(f"{msg}; they count as wrong (listed in the result)")
+    return bad
+
 # %% ../nbs/56_lifecycle.ipynb #0f2b484c
 def run_evaluate(component:str, # component name
                  data:str|Path, # data file or folder in the component's format
@@ -325,7 +344,8 @@ def run_evaluate(component:str, # component name
                  model:str|None=None, # ... or an untrained base model (hub id or folder)
                  onnx:str|None=None, # `fp32`, `int8` (of the version) or an ONNX file: score it with ONNX Runtime
                  artifact_root:str|Path|None=None, output:str|Path|None=None, # where to write the JSON result
-                 batch_size:int=32) -> dict:
+                 batch_size:int=32,
+                 strict_labels:bool=False) -> dict: # labels outside the model's label map: error (else a warning)
     "Evaluate a model of `component` on `data`; returns (and writes to `output`) `{model, data, metrics, ...}`."
     comp = get_component(component)
     if sum(x is not None for x in (version, checkpoint, model)) > 1:
@@ -348,7 +368,8 @@ def run_evaluate(component:str, # component name
         require_file(path, "this version has no int8 model" if onnx == "int8" else "check the path", "ONNX model")
         infer, what = ort_infer(path), f"{what} (ONNX {path.name})"
     t0 = datetime.now(timezone.utc)
-    metrics = comp.evaluate(assets, comp.read_eval(data), infer=infer, batch_size=batch_size)
+    records = comp.read_eval(data); check_labels(comp, assets, records, data, strict_labels)
+    metrics = comp.evaluate(assets, records, infer=infer, batch_size=batch_size)
     res = {"component": component, "model": what, "onnx": str(path) if path else None, "data": str(data),
            "metrics": metrics, "seconds": round((datetime.now(timezone.utc) - t0).total_seconds(), 2),
            "created": t0.isoformat(timespec="seconds")}

@@ -82,13 +82,19 @@ def test_relation_evaluate_onnx_and_unknown_labels(trained, tmp_path):
     d, ws, recs, _ = trained
     odd = write_jsonl(tmp_path/"odd.jsonl", [dict(recs[0], label="Cause-Effect(e1,e2)")] + recs[1:])
     out = tmp_path/"eval.json"
-    cli(["evaluate", "relation", "--data", str(odd), "--version", "v1", "--onnx", "fp32", "--output", str(out)], ws)
+    r = cli(["evaluate", "relation", "--data", str(odd), "--version", "v1", "--onnx", "fp32", "--output", str(out)], ws)
+    assert f"{odd}:1: label 'Cause-Effect(e1,e2)' is not in the model's label map" in r.stderr, r.stderr
     m = json.loads(out.read_text())["metrics"]
     assert m["unknown_labels"] == {"Cause-Effect(e1,e2)": 1} and abs(m["accuracy"] - 23 / 24) < 1e-9
     assert "Cause-Effect(e1,e2)" in m["confusion_matrix"]["labels"] and "official_f1" in m and "ece" in m
     comp = RelationComponent()
     ref = comp.evaluate(comp.load(ws/"artifacts"/"relation"/"v1"/"checkpoint"), comp.read(odd))
     assert abs(ref["macro_f1"] - m["macro_f1"]) < 1e-9
+    strict = tmp_path/"strict.json"                          # --strict-labels: exit 2 naming file and line, no result
+    r = cli(["evaluate", "relation", "--data", str(odd), "--version", "v1", "--strict-labels", "--output", str(strict)],
+            ws, check=False)
+    assert r.returncode == 2 and f"{odd}:1: label 'Cause-Effect(e1,e2)'" in r.stderr + r.stdout, r.stderr
+    assert not strict.exists()
 
 def test_relation_recalibrate_and_reexport(trained, tmp_path):
     "A published version recalibrated with a top-label map and re-exported: ONNX and PyTorch apply the same map."
@@ -141,6 +147,10 @@ def test_ner_artifact_and_onnx(trained, tmp_path):
     cli(["evaluate", "ner", "--data", str(d/"ner"/"validation.jsonl"), "--version", "v1", "--onnx", "fp32",
          "--output", str(out)], ws)
     assert json.loads(out.read_text())["metrics"]["f1"] == 1.0
+    odd_tags = write_jsonl(tmp_path/"odd_ner.jsonl", ner[:1] + [{"tokens": ["Acme", "hired", "Ada"],
+                                                               "tags": ["B-ORG", "O", "B-PER"]}])
+    r = cli(["evaluate", "ner", "--data", str(odd_tags), "--version", "v1", "--strict-labels"], ws, check=False)
+    assert r.returncode == 2 and f"{odd_tags}:2: label 'B-ORG' is not in the model's label map" in r.stderr + r.stdout
 
 def span(text, start, end): return {"text": text, "start": start, "end": end}
 

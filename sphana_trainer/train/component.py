@@ -139,6 +139,11 @@ def _read_eval(self, path:Path):
     return self.read(path)
 Component.read_eval = _read_eval
 
+def _unknown_labels(self, assets, records:list) -> list:
+    "`(record index, label)` of records whose gold label the model cannot predict (none for unlabelled tasks)."
+    return []
+Component.unknown_labels = _unknown_labels
+
 def _load_base(self, name:str, cfg=None):
     "Assets of an untrained base model (only components whose base model is usable as is)."
     raise SphanaError(f"{self.name}: a base model without training cannot be evaluated; pass --version or --checkpoint")

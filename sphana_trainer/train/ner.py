@@ -176,6 +176,13 @@ def _evaluate(self, assets:NerAssets, records:list, infer=None, batch_size:int=3
     return {**out, "n": len(records)}
 NerComponent.evaluate = _evaluate
 
+def _unknown_tags(self, assets:NerAssets, records:list) -> list:
+    "`(index, tag)` of the records with a tag outside the model's label map (the first such tag)."
+    known = set(assets.labels)
+    return [(i, next(t for t in r["tags"] if t not in known)) for i, r in enumerate(records)
+            if not known.issuperset(r["tags"])]
+NerComponent.unknown_labels = _unknown_tags
+
 def _compare(self, ref:list, got:list, atol:float=0.01, mask:np.ndarray|None=None) -> dict:
     "Probabilities within `atol` and the same argmax at every token (padding excluded when `mask` is given)."
     a, b = np.asarray(ref[0], np.float64), np.asarray(got[0], np.float64)

@@ -265,6 +265,12 @@ def _evaluate(self, assets:RelationAssets, records:list, infer=None, batch_size:
     return relation_metrics([r["label"] for r in records], pred, assets.labels, probs)
 RelationComponent.evaluate = _evaluate
 
+def _unknown_labels(self, assets:RelationAssets, records:list) -> list:
+    "`(index, label)` of the records whose label is not in the model's label map."
+    known = set(assets.labels)
+    return [(i, r["label"]) for i, r in enumerate(records) if r.get("label") not in known]
+RelationComponent.unknown_labels = _unknown_labels
+
 def _compare(self, ref:list, got:list, atol:float=0.01) -> dict:
     "Probabilities within `atol` and the same argmax on every row."
     a, b = np.asarray(ref[0], np.float64), np.asarray(got[0], np.float64)
