@@ -234,12 +234,13 @@ def row_int8_targets(model, exclude:list) -> list:
 ONE_SIDED = 0.25  # inputs whose calibrated minimum is above -ONE_SIDED * maximum (e.g. after GELU) get centred rows
 
 def quantize_per_row(src:str|Path, dst:str|Path, exclude:list, feeds:list|None=None, # calibration feeds
-                     outliers_only:bool=False) -> dict: # per-row only on `outlier_nodes` (needs `feeds`)
+                     outliers_only:bool=False, # per-row only on `outlier_nodes` (needs `feeds`)
+                     stats:dict|None=None) -> dict: # `input_stats(src, feeds)` when already probed
     "int8 copy of `src`: weight MatMuls (all, or the outlier nodes) per-row, other `QUANT_OPS` dynamic per-channel."
     import onnx
     if outliers_only and not feeds: raise SphanaError("per-row int8 on outlier nodes needs calibration feeds")
     t0, m = time.perf_counter(), onnx.load(str(src), load_external_data=False)   # names and shapes suffice
-    st = input_stats(src, feeds) if feeds else {}   # probed once: row centring and outlier nodes
+    st = stats if stats is not None else input_stats(src, feeds) if feeds else {}   # row centring, outlier nodes
     only = set(outlier_nodes(src, feeds, stats=st)) if outliers_only else None
     rows = [r for r in row_int8_targets(m, exclude) if only is None or r in only]
     centred = {r for r in rows if r not in st or st[r]["min"] > -ONE_SIDED * st[r]["max"]}
@@ -251,18 +252,27 @@ def quantize_per_row(src:str|Path, dst:str|Path, exclude:list, feeds:list|None=N
             "seconds": round(time.perf_counter() - t0, 2)}
 
 # %% ../../nbs/51_export.generic.ipynb #a26e1820
-def build_int8(recipe:str, src:Path, dst:Path, spec:ExportSpec, cfg:ExportConfig, calib_feeds:list) -> dict:
+def _probe(src:Path, feeds:list, memo:dict|None) -> dict|None:
+    "`input_stats(src, feeds)` (None without feeds), probed once per `memo` (a dict kept across recipes)."
+    if not feeds: return None
+    if memo is None: return input_stats(src, feeds)
+    if str(src) not in memo: memo[str(src)] = input_stats(src, feeds)
+    return memo[str(src)]
+
+def build_int8(recipe:str, src:Path, dst:Path, spec:ExportSpec, cfg:ExportConfig, calib_feeds:list,
+               memo:dict|None=None) -> dict: # shares one `input_stats` probe of `src` between recipes
     "Write the int8 candidate `recipe` of graph `src` to `dst`; returns its build info."
     import onnx
     if recipe in ("dynamic_per_channel", "dynamic"):
         return quantize_onnx(src, dst, recipe, cfg.quantize_exclude)
     if recipe == "dynamic_per_channel_outliers":
-        return quantize_onnx(src, dst, "dynamic_per_channel", cfg.quantize_exclude + outlier_nodes(src, calib_feeds))
+        out = outlier_nodes(src, calib_feeds, stats=_probe(src, calib_feeds, memo))
+        return quantize_onnx(src, dst, "dynamic_per_channel", cfg.quantize_exclude + out)
     if recipe == "dynamic_per_channel_edges":
         return quantize_onnx(src, dst, "dynamic_per_channel", cfg.quantize_exclude + _edge_patterns(spec))
-    if recipe == "dynamic_per_row": return quantize_per_row(src, dst, cfg.quantize_exclude, calib_feeds)
-    if recipe == "dynamic_per_row_outliers":
-        return quantize_per_row(src, dst, cfg.quantize_exclude, calib_feeds, outliers_only=True)
+    if recipe in ("dynamic_per_row", "dynamic_per_row_outliers"):
+        return quantize_per_row(src, dst, cfg.quantize_exclude, calib_feeds, recipe.endswith("_outliers"),
+                                _probe(src, calib_feeds, memo))
     if recipe == "weight_only": return quantize_onnx(src, dst, "blockwise_int8", cfg.quantize_exclude)
     if recipe == "static_qdq":
         from onnxruntime.quantization import quantize_static, QuantType, QuantFormat
@@ -317,11 +327,11 @@ def _int8(comp, spec, assets, feeds, n, fp32_path, src, eval_recs, metric, td, c
     max_drop = cfg.max_metric_drop_int8 if cfg.max_metric_drop_int8 is not None else comp.int8_max_drop
     f32 = ort_infer(fp32_path); ref = concat_outputs(run_all(f32, feeds))
     base = comp.evaluate(assets, eval_recs, infer=f32)
-    rows, log = [], get_logger()
+    rows, log, memo = [], get_logger(), {}
     for recipe in cfg.int8_candidates:
         path = td/f"int8-{recipe}.onnx"
         try:
-            build_int8(recipe, src, path, spec, cfg, feeds); inf = ort_infer(path)
+            build_int8(recipe, src, path, spec, cfg, feeds, memo); inf = ort_infer(path)
             c = comp.compare_int8(ref, concat_outputs(run_all(inf, feeds)), cfg)
             m = comp.evaluate(assets, eval_recs, infer=inf); d = _drop(comp, metric, base, m)
             fails = c["failures"] + ([f"{metric} drop {d:.4f} > {max_drop:g}"] if d > max_drop else [])
