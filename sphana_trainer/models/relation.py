@@ -169,9 +169,10 @@ def ece_floor(probs:np.ndarray, # predicted probabilities (rows)
     if not len(conf): return 0.0
     b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)    # bin i holds (i/n, (i+1)/n]
     mass = np.bincount(b, conf, n_bins)                                     # summed confidence per bin
-    right = np.random.default_rng(seed).random((draws, len(conf))) < conf  # right with probability = confidence
-    hits = np.stack([np.bincount(b, r, n_bins) for r in right])
-    return float(np.abs(hits - mass).sum(1).mean() / len(conf))
+    rng, err = np.random.default_rng(seed), 0.0
+    for _ in range(draws):                                                  # right with probability = confidence
+        err += np.abs(np.bincount(b, rng.random(len(conf)) < conf, n_bins) - mass).sum()
+    return float(err / draws / len(conf))
 
 # %% ../../nbs/31_models.relation.ipynb #395ce77f
 def fit_temperature(logits:np.ndarray, gold:np.ndarray, steps:int=200) -> float:
