@@ -103,6 +103,7 @@ def _eval_cmd(name:str, comp):
                                        "<workspace>/logs/evaluate-<component>-<time>.json]")] = None,
             batch_size: Annotated[int, typer.Option(help="Records per inference batch")] = 32,
             strict_labels: Annotated[bool, typer.Option(
+                "--strict-labels",
                 help="Exit 2 when the data has labels outside the model's label map (default: warn, count them wrong)"
             )] = False):
         from sphana_trainer.lifecycle import run_evaluate  # lazy: pulls in torch
