@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sphana_trainer.artifacts import component_root, version_dir
-from sphana_trainer.models.relation import (apply_calibration, calibration_bins, ece_floor, fit_temperature,
-                                            fit_top_label_map, relation_metrics)
+from sphana_trainer.models.relation import (apply_calibration, calibration_bins, ece_floor, fit_calibration,
+                                            fit_temperature, relation_metrics)
 from sphana_trainer.train.component import ort_infer
 from sphana_trainer.train.relation import RelationComponent, predict_logits
 
@@ -140,9 +140,7 @@ def _histogram(nb):
 def _map(nb):
     "The shipped calibration: temperature + top-label map with `nb` knots (`apply_calibration`)."
     def fit(z, g):
-        t = fit_temperature(z, g); p = softmax(z / t)
-        cal = {"temperature": t, "top_label_map": fit_top_label_map(p.max(1), p.argmax(1) == g, nb)}
-        return lambda q: apply_calibration(q, cal)
+        cal = fit_calibration(z, g, nb, min_per_bin=1); return lambda q: apply_calibration(q, cal)
     return fit
 
 CANDIDATES = {"uncalibrated": lambda z, g: softmax, "temperature (NLL)": _ts, "temperature (min ECE)": _ts_ece,

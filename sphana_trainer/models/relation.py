@@ -16,7 +16,8 @@ from ..core import SphanaError, iter_jsonl
 # %% auto #0
 __all__ = ['MARKERS', 'POOLINGS', 'check_relation', 'read_relations', 'mark_text', 'add_markers', 'encode_relation',
            'RelationClassifier', 'pad_batch', 'semeval_official', 'calibration_bins', 'ece_floor', 'fit_temperature',
-           'fit_top_label_map', 'calibrated_probs', 'CalibratedRelation', 'apply_calibration', 'relation_metrics']
+           'fit_top_label_map', 'calibrated_probs', 'CalibratedRelation', 'apply_calibration', 'fit_calibration',
+           'relation_metrics']
 
 # %% ../../nbs/31_models.relation.ipynb #93f81140
 def _span(r:dict, key:str, where:str) -> tuple[int, int]:
@@ -240,6 +241,16 @@ def apply_calibration(logits:np.ndarray, # classifier logits (rows)
     z = torch.as_tensor(np.asarray(logits, np.float64))
     return calibrated_probs(z, float(cal.get("temperature", 1.0)), *knots).numpy()
 
+# %% ../../nbs/31_models.relation.ipynb #bf5f08ec
+def fit_calibration(logits:np.ndarray, gold:np.ndarray, # class ids (-1: unknown, counted wrong)
+                    n_bins:int=5, # knots of the top-label map (0: temperature only)
+                    min_per_bin:int=100) -> dict: # fewer knots on a small split; under 2 knots, no map
+    "`{temperature, top_label_map}` of `logits`: temperature (NLL), then a top-label map of the scaled confidences."
+    t = fit_temperature(logits, gold); pt = apply_calibration(logits, {"temperature": t})
+    nb = min(n_bins, len(gold) // max(1, min_per_bin))
+    m = fit_top_label_map(pt.max(1), pt.argmax(1) == gold, nb) if nb >= 2 else None
+    return {"temperature": t, "top_label_map": m}
+
 # %% ../../nbs/31_models.relation.ipynb #5e369cf8
 def relation_metrics(gold:list, # gold label names
                      pred:list, # predicted label names
@@ -258,7 +269,7 @@ def relation_metrics(gold:list, # gold label names
         idx = {l: i for i, l in enumerate(labels)}
         out["ece"], bins = calibration_bins(probs, np.array([idx.get(l, -1) for l in gold]))
         out["ece_floor"] = ece_floor(probs)          # what a perfectly calibrated model would measure here
-    unknown = Counter(l for l in gold if l not in set(labels))
+    known = set(labels); unknown = Counter(l for l in gold if l not in known)
     if unknown: out["unknown_labels"] = dict(unknown)
     if not details: return out
     P, R, F1, S = precision_recall_fscore_support(gold, pred, labels=names, zero_division=0)

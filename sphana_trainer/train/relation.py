@@ -16,8 +16,7 @@ from ..config import RelationConfig
 from ..hub import resolve_model
 from ..models.relation import (CalibratedRelation, RelationClassifier, _rtype, add_markers,
                                             apply_calibration, calibration_bins, encode_relation, ece_floor,
-                                            fit_temperature, fit_top_label_map, pad_batch, read_relations,
-                                            relation_metrics)
+                                            fit_calibration, pad_batch, read_relations, relation_metrics)
 from .component import Component, ExportSpec, register
 from .runtime import TrainTask
 
@@ -160,10 +159,8 @@ def calibrate(assets:RelationAssets, records:list, logits:np.ndarray,
     "Temperature (NLL) + top-label map of `logits` on `records`, with ECE, NLL and reliability bins of each stage."
     idx = {l: i for i, l in enumerate(assets.labels)}
     gold = np.array([idx.get(r["label"], -1) for r in records]); k = gold >= 0
-    t = fit_temperature(logits, gold); pt = apply_calibration(logits, {"temperature": t})
-    nb = min(n_bins, len(records) // max(1, min_per_bin))
-    m = fit_top_label_map(pt.max(1), pt.argmax(1) == gold, nb) if nb >= 2 else None
-    cal = {"temperature": t, "top_label_map": m}
+    cal = fit_calibration(logits, gold, n_bins, min_per_bin); m = cal["top_label_map"]
+    pt = apply_calibration(logits, {"temperature": cal["temperature"]})
     def stage(p): return (*calibration_bins(p, gold), float(-np.log(np.clip(p[k, gold[k]], 1e-12, None)).mean())
                           if k.any() else None)
     pc = apply_calibration(logits, cal)
