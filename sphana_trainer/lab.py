@@ -10,8 +10,8 @@ from fastcore.script import call_parse
 from .core import SphanaError
 
 # %% auto #0
-__all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'project_root', 'use_project_root', 'install_kernel', 'kernel_python', 'lab_url',
-           'lab_argv', 'start_lab']
+__all__ = ['KERNEL_NAME', 'KERNEL_DISPLAY_NAME', 'project_root', 'use_project_root', 'install_kernel', 'kernel_python',
+           'lab_argv', 'lab_url', 'start_lab']
 
 # %% ../nbs/04_lab.ipynb #ffd0df4a
 def project_root(start:str|Path|None=None, # where to start looking; default: the working directory
@@ -52,10 +52,6 @@ def kernel_python(name:str=KERNEL_NAME, # kernelspec name
     except NoSuchKernel: return None
 
 # %% ../nbs/04_lab.ipynb #c95bb0e8
-def lab_url(port:int, token:str, ip:str="127.0.0.1") -> str:
-    "The URL that opens JupyterLab, token included."
-    return f"http://{ip}:{port}/lab?token={token}"
-
 def lab_argv(port:int, # TCP port; taken as is (no retry on the next one, so the printed URL is right)
              root:str|Path, # the folder JupyterLab shows
              ip:str="127.0.0.1", # interface to bind
@@ -65,6 +61,10 @@ def lab_argv(port:int, # TCP port; taken as is (no retry on the next one, so the
             "--ServerApp.port_retries=0", f"--ServerApp.root_dir={Path(root).resolve()}",
             f"--MappingKernelManager.default_kernel_name={KERNEL_NAME}"]
     return argv + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])
+
+def lab_url(port:int, token:str, ip:str="127.0.0.1") -> str:
+    "The URL that opens JupyterLab, token included."
+    return f"http://{ip}:{port}/lab?token={token}"
 
 # %% ../nbs/04_lab.ipynb #281f73f1
 @call_parse

@@ -15,8 +15,8 @@ from ..core import SphanaError, atomic_write_json
 from ..hub import resolve_model
 
 # %% auto #0
-__all__ = ['mean_pool', 'SentenceEncoder', 'load_encoder', 'save_encoder', 'text_ids', 'ContrastiveLoss', 'gather_with_grad',
-           'gather_ids', 'length_chunks', 'encode_padded', 'pair_texts', 'EmbeddingModel', 'make_collate',
+__all__ = ['mean_pool', 'SentenceEncoder', 'load_encoder', 'save_encoder', 'text_ids', 'ContrastiveLoss', 'gather_ids',
+           'gather_with_grad', 'length_chunks', 'encode_padded', 'pair_texts', 'EmbeddingModel', 'make_collate',
            'CachedEmbeddingModel', 'encode_texts', 'ranking_metrics', 'evaluate_retrieval']
 
 # %% ../../nbs/30_models.embedding.ipynb #99e880ce
@@ -135,19 +135,19 @@ class ContrastiveLoss(nn.Module):
         return loss
 
 # %% ../../nbs/30_models.embedding.ipynb #55c9b321
-def gather_with_grad(x:torch.Tensor) -> torch.Tensor:
-    "Concatenate `x` from all ranks (gradient-preserving); `x` itself when not distributed."
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return x
-    from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(x.contiguous()))
-
 def gather_ids(x:torch.Tensor) -> torch.Tensor:
     "Concatenate an id tensor from all ranks (no gradient)."
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return x
     out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(out, x.contiguous()); return torch.cat(out)
+
+def gather_with_grad(x:torch.Tensor) -> torch.Tensor:
+    "Concatenate `x` from all ranks (gradient-preserving); `x` itself when not distributed."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return x
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(x.contiguous()))
 
 # %% ../../nbs/30_models.embedding.ipynb #05d42c84
 def length_chunks(lengths:list, # token counts sorted longest first

@@ -12,8 +12,8 @@ import torch.nn as nn
 from ..core import SphanaError, iter_jsonl
 
 # %% auto #0
-__all__ = ['check_ner', 'read_ner', 'ner_labels', 'align', 'NerTagger', 'NerProbabilities', 'decode_words', 'repair_bio',
-           'ner_metrics']
+__all__ = ['check_ner', 'read_ner', 'ner_labels', 'align', 'NerTagger', 'NerProbabilities', 'repair_bio', 'ner_metrics',
+           'decode_words']
 
 # %% ../../nbs/32_models.ner.ipynb #86fcc390
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
@@ -87,10 +87,6 @@ class NerProbabilities(nn.Module):
         return torch.softmax(self.tagger(input_ids, attention_mask), -1)
 
 # %% ../../nbs/32_models.ner.ipynb #8e3e0187
-def decode_words(probs:np.ndarray, first:list, labels:list) -> list[str]:
-    "Word tags from one sequence's sub-token `probs` (first sub-token per word; `O` for truncated words)."
-    return [labels[int(probs[j].argmax())] if j >= 0 else "O" for j in first]
-
 def repair_bio(tags:list) -> list:
     "Predicted tags as valid IOB2: an `I-T` that does not continue a `T` entity becomes `B-T`."
     out, prev = [], "O"
@@ -113,3 +109,7 @@ def ner_metrics(gold:list, pred:list, details:bool=False) -> dict:
         rep = classification_report(gold, pred, output_dict=True, **kw)
         out["per_type"] = {k: {m: float(v) for m, v in d.items()} for k, d in rep.items()}
     return out
+
+def decode_words(probs:np.ndarray, first:list, labels:list) -> list[str]:
+    "Word tags from one sequence's sub-token `probs` (first sub-token per word; `O` for truncated words)."
+    return [labels[int(probs[j].argmax())] if j >= 0 else "O" for j in first]
