@@ -150,12 +150,16 @@ CANDIDATES = {"uncalibrated": lambda z, g: softmax, "temperature (NLL)": _ts, "t
               **{f"temperature + histogram binning {n}": _top_label(_histogram(n)) for n in (3, 5, 10)},
               **{f"temperature + top-label map {n} (shipped: 5)": _map(n) for n in (3, 4, 5, 6, 8)}}
 
+def checkpoint_logits(comp, d:Path, records:list) -> tuple:
+    "`(logits, gold ids, strata)` of the version's checkpoint on `records`; strata: gold, -1 for classes seen once."
+    a = comp.load(d/"checkpoint"); idx = {l: i for i, l in enumerate(a.labels)}
+    z = predict_logits(a.model, a, records).astype(np.float64); g = np.array([idx.get(r["label"], -1) for r in records])
+    return z, g, np.where(np.bincount(g[g >= 0], minlength=len(a.labels))[np.maximum(g, 0)] >= 2, g, -1)
+
 def calibration_cv(comp, d:Path, val:list, repeats:int=25) -> dict:
     "Held-out ECE / NLL of each candidate over `repeats` stratified 2-fold splits of the validation records."
     from sklearn.model_selection import StratifiedKFold
-    a = comp.load(d/"checkpoint"); idx = {l: i for i, l in enumerate(a.labels)}
-    z = predict_logits(a.model, a, val).astype(np.float64); g = np.array([idx.get(r["label"], -1) for r in val])
-    strat = np.where(np.bincount(g[g >= 0], minlength=len(a.labels))[np.maximum(g, 0)] >= 2, g, -1)
+    z, g, strat = checkpoint_logits(comp, d, val)
     res = {k: {"ece": [], "nll": [], "argmax_changes": []} for k in CANDIDATES}
     for rep in range(repeats):
         for tr, te in StratifiedKFold(2, shuffle=True, random_state=rep).split(z, strat):
@@ -175,11 +179,7 @@ CROSS_FIT = {"uncalibrated": CANDIDATES["uncalibrated"], "temperature (NLL)": _t
 def cross_fit(comp, d:Path, val:list, test:list, repeats:int=10) -> dict:
     "Pooled out-of-fold ECE over validation + test: each part calibrated by a fit on the other (and random halves)."
     from sklearn.model_selection import StratifiedKFold
-    a = comp.load(d/"checkpoint"); idx = {l: i for i, l in enumerate(a.labels)}
-    z = predict_logits(a.model, a, val + test).astype(np.float64)
-    g = np.array([idx.get(r["label"], -1) for r in val + test])
-    v, t = np.arange(len(val)), len(val) + np.arange(len(test))
-    strat = np.where(np.bincount(g[g >= 0], minlength=len(a.labels))[np.maximum(g, 0)] >= 2, g, -1)
+    z, g, strat = checkpoint_logits(comp, d, val + test); v, t = np.arange(len(val)), len(val) + np.arange(len(test))
     out = {}
     for k, fit in CROSS_FIT.items():
         p = np.zeros_like(z); p[t] = fit(z[v], g[v])(z[t]); p[v] = fit(z[t], g[t])(z[v])
